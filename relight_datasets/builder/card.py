@@ -1,0 +1,77 @@
+"""The dataset card (README.md with YAML metadata) written next to the Parquet shards."""
+
+from __future__ import annotations
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from .. import __version__
+from ..config import BuildConfig
+from .features import COLUMN_DESCRIPTIONS, FEATURES
+
+
+def size_category(rows: int) -> str:
+    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < bound:
+            return label
+    return "n>1M"
+
+
+def build_card(config: BuildConfig, report: dict) -> DatasetCard:
+    """A ``DatasetCard`` whose YAML carries features, splits, version, package version, config and fingerprint.
+
+    The card declares no ``configs``/``data_files``: ``datasets`` finds ``data/<split>-*.parquet`` by the Hub's
+    default layout, and keys its local cache on the files themselves. (With ``data_files`` in the YAML, two folders
+    with identical cards would share one cache entry and ``load_dataset`` could return another build's rows.)
+    """
+    splits = [{"name": name, "num_examples": count, "num_bytes": report["split_bytes"][name]}
+              for name, count in report["splits"].items()]
+    data = DatasetCardData(
+        license=config.output.license,
+        task_categories=["image-to-image"],
+        tags=["relighting", "portrait", "intrinsic-images", "relight-datasets"],
+        size_categories=size_category(report["processed"]),
+        pretty_name="Relighting pairs",
+        dataset_info={"features": FEATURES._to_yaml_list(), "splits": splits},
+        version=config.output.dataset_version,
+        relight_datasets={
+            "package_version": __version__,
+            "config_fingerprint": report["config_fingerprint"],
+            "source": report["source"],
+            "models": report["models"],
+            "config": config.to_dict(),
+        },
+    )
+    columns = "\n".join(f"| `{name}` | {COLUMN_DESCRIPTIONS[name]} |" for name in FEATURES)
+    skipped = "\n".join(f"- `{reason}`: {count}" for reason, count in report["skipped"].items()) or "- none"
+    body = f"""
+# Relighting pairs
+
+Portrait relighting training pairs built with [relight-datasets](https://pypi.org/project/relight-datasets/)
+{__version__}: each row holds a photo (`input`), the person mask, the person's estimated albedo, the albedo under
+a new light (`degraded`) and that relit person composited over the photo's background (`composite`): the same
+person in the same scene under different light.
+
+- dataset version: **{config.output.dataset_version}**
+- source: `{report["source"]}`
+- config fingerprint: `{report["config_fingerprint"]}` (the resolved config is in this card's YAML header)
+- rows: {report["processed"]} of {report["attempted"]} attempted
+
+Skipped inputs, by reason:
+{skipped}
+
+## Columns
+
+| column | meaning |
+|---|---|
+{columns}
+
+## Use
+
+```python
+from datasets import load_dataset
+ds = load_dataset("PATH_OR_REPO_ID", split="train")
+```
+
+![preview](preview.png)
+"""
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")

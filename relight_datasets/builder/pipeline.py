@@ -1,0 +1,73 @@
+"""The whole per-batch pipeline: decode -> segment -> normals -> albedo -> relight -> composite -> instruction ->
+encode. One object, one ``Dataset.map`` pass; intermediate images stay in memory between stages."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+from ..config import BuildConfig
+from ..transforms import (
+    AlbedoStage,
+    DegradationStage,
+    InstructionStage,
+    LoadStage,
+    NormalsStage,
+    RecombinationStage,
+    SegmentationStage,
+)
+from ..transforms.base import SKIP_COLUMN
+from .features import FEATURES, IMAGE_COLUMNS
+
+
+def encode_png(array: np.ndarray, compress_level: int) -> dict:
+    """uint8 ``H x W x 3`` (RGB) or ``H x W`` (mode L) -> ``{"bytes": PNG, "path": None}`` for ``datasets.Image``."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+class RelightPipeline:
+    """Callable for ``Dataset.map(pipeline, batched=True, with_rank=True)``: source rows in, dataset rows out.
+
+    Rows that cannot be processed come out with their ``skip_reason`` set and empty images; the builder counts and
+    drops them. ``timings`` accumulates seconds per stage (and ``encode``) in this process.
+    """
+
+    def __init__(self, config: BuildConfig, device: str = "auto", encode_threads: int | None = None):
+        self.config = config
+        self.stages = [cls(config, device) for cls in (LoadStage, SegmentationStage, NormalsStage, AlbedoStage,
+                                                      DegradationStage, RecombinationStage, InstructionStage)]
+        self.encode_threads = encode_threads or min(8, os.cpu_count() or 1)
+        self.encode_seconds = 0.0
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {**{stage.name: stage.seconds for stage in self.stages}, "encode": self.encode_seconds}
+
+    def __getstate__(self):  # the thread pool does not pickle (multi-process map); workers make their own
+        return {**self.__dict__, "_executor": None}
+
+    def _encode(self, columns: dict[str, list]) -> dict[str, list]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="png")
+        level = self.config.output.png_compress_level
+        jobs = {name: [self._executor.submit(encode_png, a, level) if a is not None else None for a in values]
+                for name, values in columns.items()}
+        return {name: [f.result() if f is not None else None for f in futures] for name, futures in jobs.items()}
+
+    def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:
+        batch = dict(batch)
+        for stage in self.stages:
+            batch.update(stage(batch, rank))
+        started = time.perf_counter()
+        batch.update(self._encode({name: batch[name] for name in IMAGE_COLUMNS}))
+        self.encode_seconds += time.perf_counter() - started
+        batch["seed"] = [self.config.seed] * len(batch["image_id"])
+        return {name: batch[name] for name in [*FEATURES, SKIP_COLUMN]}

@@ -1,0 +1,342 @@
+"""Weight-free person segmentation for portraits: Haar face detection, a head-and-shoulders prior, GrabCut.
+
+Nothing is downloaded: the only "model" is OpenCV's bundled Haar cascades (``cv2.data.haarcascades``). The
+pipeline for one RGB ``uint8`` image is
+
+1. :func:`detect_face_box` finds the most prominent face on a downscaled, histogram-equalised grayscale copy
+   (frontal cascades first, the profile cascade on the image and on its mirror as fallbacks);
+2. a GrabCut label map is drawn from the face box: definite foreground on the inner face and the neck / upper
+   torso core, probable foreground on an enlarged head ellipse (hair) and a shoulders trapezoid that reaches the
+   bottom edge, definite background in the top corners well away from the head, probable background elsewhere;
+3. ``cv2.grabCut`` refines it on a copy whose long side is ``work_size``, with OpenCV's RNG seeded first so the
+   result does not depend on what ran before;
+4. the mask keeps the components that touch the definite foreground, small holes are filled, a small open/close
+   smooths it, and it is upsampled bilinearly (as a float mask, thresholded at 0.5) to the input size.
+
+A degenerate GrabCut result (it lost most of the definite foreground or swallowed nearly the whole image) falls back
+to the prior's foreground with a lower score. :func:`person_prior_box` gives the same head-and-shoulders extent as a
+box, e.g. as a box prompt for a promptable segmenter.
+
+Everything is vectorised (OpenCV / NumPy); nothing loops over pixels in Python.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "PersonSegmentation",
+    "detect_face_box",
+    "person_prior_box",
+    "segment_person_classical",
+]
+
+DETECT_SIZE = 192
+"""Long side (pixels) of the grayscale copy the Haar cascades run on."""
+
+_MIN_FACE_FRACTION = 0.1
+"""Smallest face searched for, as a fraction of the detection copy's short side."""
+
+# (cascade file, minNeighbors, confidence weight of a detection by this cascade). Tried in order; the first cascade
+# that finds anything wins. The profile cascade only knows one facing direction, so it also runs on the mirror.
+_CASCADES: tuple[tuple[str, int, float], ...] = (
+    ("haarcascade_frontalface_default.xml", 5, 1.0),
+    ("haarcascade_frontalface_alt2.xml", 3, 0.9),
+    ("haarcascade_profileface.xml", 4, 0.7),
+)
+_SCALE_FACTOR = 1.1
+
+# Prior geometry, in face-box units: u = (x - face centre x) / face width, v = (y - face top) / face height.
+_INNER_FACE = (0.0, 0.52, 0.30, 0.40)  # definite foreground ellipse: centre u, centre v, semi-axis u, semi-axis v
+_CROWN = (0.0, -0.05, 0.26, 0.15)  # definite foreground ellipse above the face box: forehead / hair
+_HEAD = (0.0, 0.40, 0.62, 0.88)  # probable foreground ellipse around face and hair
+_BACKGROUND_ELLIPSE_SCALE = 1.3  # definite background lies outside the head ellipse scaled by this ...
+_BACKGROUND_MAX_V = 0.45  # ... and above this line (top corners only)
+_NECK_CORE = (0.17, 0.92, 1.35)  # definite foreground: half-width, top v, bottom v
+_TORSO_CORE = (0.45, 1.35)  # definite foreground below the neck: half-width, top v (to the bottom edge)
+# Probable-foreground torso polygon as (half-width, v) pairs from the neck down to the shoulders, then straight down.
+_TORSO_OUTLINE = ((0.35, 0.85), (0.55, 1.00), (0.95, 1.15), (1.40, 1.45), (1.60, 2.00))
+# Extent of the head-and-shoulders box: half-width, top v, bottom v.
+_PRIOR_BOX = (1.55, -0.60, 2.60)
+
+_MIN_DEFINITE_KEPT = 0.30  # GrabCut result must keep this much of the definite foreground ...
+_MIN_PRIOR_KEPT = 0.35  # ... and of the prior's (definite + probable) foreground ...
+_MAX_COVERAGE = 0.95  # ... and cover less than this much of the image, or the prior is used instead
+_FALLBACK_SCORE_FACTOR = 0.5
+_ROI_MARGIN = 0.25  # GrabCut runs on the head-and-shoulders box grown by this fraction of its size per side
+_MAX_HOLE_FRACTION = 0.15  # holes up to this fraction of the foreground area are filled
+_MIN_SIZE = 16
+
+
+@dataclass(frozen=True)
+class PersonSegmentation:
+    """Result of :func:`segment_person_classical`."""
+
+    mask: np.ndarray
+    """``H x W`` ``uint8``, 255 = person, 0 = background, same size as the input."""
+    score: float
+    """Confidence in [0, 1]: detection confidence times agreement of the refined mask with the prior."""
+    face_box: tuple[int, int, int, int]
+    """``x, y, w, h`` of the detected face in input pixels."""
+
+
+def _validate_image(image: object) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array (H x W x 3 uint8 RGB), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must have dtype uint8 (H x W x 3 RGB), got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be shaped H x W x 3 (RGB), got shape {tuple(image.shape)}")
+    if min(image.shape[:2]) < _MIN_SIZE:
+        raise ValueError(f"image must be at least {_MIN_SIZE} x {_MIN_SIZE} pixels, got shape {tuple(image.shape)}")
+    return np.ascontiguousarray(image)
+
+
+@lru_cache(maxsize=None)
+def _cascade(name: str) -> cv2.CascadeClassifier:
+    path = os.path.join(cv2.data.haarcascades, name)
+    classifier = cv2.CascadeClassifier(path)
+    if classifier.empty():
+        raise RuntimeError(f"could not load the OpenCV Haar cascade {path}")
+    return classifier
+
+
+def _pick_face(boxes: np.ndarray, votes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int]:
+    """The largest, most central box: area weighted down by the centre's distance from the image centre."""
+    centres = boxes[:, :2] + boxes[:, 2:] / 2.0
+    offset = (centres - np.array([width / 2.0, height / 2.0])) / (np.hypot(width, height) / 2.0)
+    prominence = boxes[:, 2] * boxes[:, 3] * (1.0 - 0.5 * np.hypot(offset[:, 0], offset[:, 1]))
+    best = int(np.argmax(prominence))
+    return boxes[best], int(votes[best])
+
+
+def _detect_face(image: np.ndarray) -> tuple[tuple[int, int, int, int], float] | None:
+    """Face box in input pixels and a detection confidence in (0, 1], or ``None``."""
+    height, width = image.shape[:2]
+    scale = min(1.0, DETECT_SIZE / max(height, width))
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    gray = cv2.equalizeHist(gray)
+    gh, gw = gray.shape
+    min_side = max(20, round(_MIN_FACE_FRACTION * min(gh, gw)))
+    if min(gh, gw) < min_side:
+        return None
+
+    for name, min_neighbors, weight in _CASCADES:
+        classifier = _cascade(name)
+        candidates = []
+        mirrored_views = (False, True) if "profile" in name else (False,)
+        for mirrored in mirrored_views:
+            view = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
+            boxes, votes = classifier.detectMultiScale2(
+                view, scaleFactor=_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_side, min_side)
+            )
+            if len(boxes) == 0:
+                continue
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            if mirrored:
+                boxes[:, 0] = gw - boxes[:, 0] - boxes[:, 2]
+            candidates.append((boxes, np.asarray(votes).reshape(-1)))
+        if not candidates:
+            continue
+        boxes = np.concatenate([b for b, _ in candidates])
+        votes = np.concatenate([v for _, v in candidates])
+        box, n_votes = _pick_face(boxes, votes, gh, gw)
+        x0 = int(np.clip(round(box[0] / scale), 0, width - 1))
+        y0 = int(np.clip(round(box[1] / scale), 0, height - 1))
+        x1 = int(np.clip(round((box[0] + box[2]) / scale), x0 + 1, width))
+        y1 = int(np.clip(round((box[1] + box[3]) / scale), y0 + 1, height))
+        confidence = weight * n_votes / (n_votes + 8.0)
+        return (x0, y0, x1 - x0, y1 - y0), float(confidence)
+    return None
+
+
+def detect_face_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The most prominent face ``(x, y, w, h)`` in input pixels of an ``H x W x 3`` ``uint8`` RGB image, or ``None``.
+
+    Runs OpenCV's bundled Haar cascades on a grayscale copy downscaled to a long side of :data:`DETECT_SIZE` and
+    histogram-equalised: the frontal ``default`` cascade, then ``alt2``, then the profile cascade on the image and
+    its mirror. Among the detections of the first cascade that finds any, the largest and most central one wins.
+    """
+    found = _detect_face(_validate_image(image))
+    return None if found is None else found[0]
+
+
+def person_prior_box(face_box: tuple[int, int, int, int], height: int, width: int) -> tuple[int, int, int, int]:
+    """Head-and-shoulders box ``(x0, y0, x1, y1)`` for a face box ``(x, y, w, h)``, clipped to the image.
+
+    The box reaches 0.6 face heights above the face box (hair), 2.6 face heights below its top (neck and
+    shoulders) and 1.55 face widths either side of its centre (shoulders). ``x1`` / ``y1`` are exclusive
+    (``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``), the convention of SAM-style ``xyxy`` box prompts.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be positive, got {height} x {width}")
+    x, y, w, h = (float(v) for v in face_box)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"face box must have positive width and height, got {tuple(face_box)}")
+    half_width, top, bottom = _PRIOR_BOX
+    cx = x + w / 2.0
+    x0 = int(np.clip(np.floor(cx - half_width * w), 0, width - 1))
+    y0 = int(np.clip(np.floor(y + top * h), 0, height - 1))
+    x1 = int(np.clip(np.ceil(cx + half_width * w), x0 + 1, width))
+    y1 = int(np.clip(np.ceil(y + bottom * h), y0 + 1, height))
+    return x0, y0, x1, y1
+
+
+def _prior_labels(face_box: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
+    """GrabCut label map (``GC_BGD`` / ``GC_FGD`` / ``GC_PR_BGD`` / ``GC_PR_FGD``) for a face box in these pixels."""
+    fx, fy, fw, fh = face_box
+    cx = fx + fw / 2.0
+    ys, xs = np.ogrid[:height, :width]
+    u = (xs + 0.5 - cx) / fw
+    v = (ys + 0.5 - fy) / fh
+
+    def ellipse(spec: tuple[float, float, float, float], grow: float = 1.0) -> np.ndarray:
+        cu, cv, au, av = spec
+        return ((u - cu) / (au * grow)) ** 2 + ((v - cv) / (av * grow)) ** 2 <= 1.0
+
+    labels = np.full((height, width), cv2.GC_PR_BGD, dtype=np.uint8)
+
+    # Probable foreground: the torso polygon (mirrored outline, then straight down past the bottom edge) and head.
+    right = [(cx + hw * fw, fy + hv * fh) for hw, hv in _TORSO_OUTLINE]
+    left = [(cx - hw * fw, fy + hv * fh) for hw, hv in reversed(_TORSO_OUTLINE)]
+    bottom = max(height, fy + _TORSO_OUTLINE[-1][1] * fh) + 1.0
+    polygon = [(left[0][0], bottom), *left, *right, (right[-1][0], bottom)]
+    torso = np.zeros((height, width), dtype=np.uint8)
+    points = np.round(np.array(polygon) * 16).astype(np.int32)  # 4 fractional bits
+    cv2.fillPoly(torso, [points], 1, lineType=cv2.LINE_8, shift=4)
+    head = ellipse(_HEAD)
+    labels[(torso > 0) | head] = cv2.GC_PR_FGD
+
+    # Definite background: top corners, outside an enlarged head ellipse and away from the shoulders.
+    far = ~ellipse(_HEAD, _BACKGROUND_ELLIPSE_SCALE) & (v < _BACKGROUND_MAX_V) & (torso == 0)
+    labels[far] = cv2.GC_BGD
+
+    # Definite foreground: inner face, neck, upper torso core.
+    neck_hw, neck_top, neck_bottom = _NECK_CORE
+    core_hw, core_top = _TORSO_CORE
+    definite = ellipse(_INNER_FACE) | ellipse(_CROWN)
+    definite |= (np.abs(u) <= neck_hw) & (v >= neck_top) & (v <= neck_bottom)
+    definite |= (np.abs(u) <= core_hw) & (v >= core_top)
+    labels[definite] = cv2.GC_FGD
+    return labels
+
+
+def _fill_small_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background components that do not touch the border and are small next to the foreground."""
+    background = (mask == 0).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=4)
+    if count <= 1:
+        return mask
+    on_border = np.zeros(count, dtype=bool)
+    on_border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    limit = _MAX_HOLE_FRACTION * max(1, int(np.count_nonzero(mask)))
+    hole = ~on_border & (stats[:, cv2.CC_STAT_AREA] <= limit)
+    hole[0] = False  # label 0 is the foreground itself
+    filled = mask.copy()
+    filled[hole[labels]] = 1
+    return filled
+
+
+def _clean_mask(mask: np.ndarray, definite: np.ndarray) -> np.ndarray:
+    """Open/close, keep the components that touch the definite foreground, fill small holes (0/1 ``uint8``)."""
+    side = max(3, (round(min(mask.shape) / 80) | 1))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    if count > 1:
+        keep = np.zeros(count, dtype=bool)
+        keep[np.unique(labels[definite & (labels > 0)])] = True
+        keep[0] = False
+        mask = keep[labels].astype(np.uint8)
+    return _fill_small_holes(mask)
+
+
+def _upsample(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    if mask.shape != (height, width):
+        smooth = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        mask = (smooth >= 0.5).astype(np.uint8)
+    return mask * np.uint8(255)
+
+
+def segment_person_classical(
+    image: np.ndarray, *, work_size: int = 320, grabcut_iterations: int = 4, seed: int = 0
+) -> PersonSegmentation | None:
+    """Person mask for one ``H x W x 3`` ``uint8`` RGB image, or ``None`` when no face is found.
+
+    ``work_size`` is the long side GrabCut runs at (the input is never upscaled), ``grabcut_iterations`` the
+    number of GrabCut iterations and ``seed`` the seed of OpenCV's RNG, set right before GrabCut, so equal inputs
+    give equal masks whatever ran before. See the module docstring for the method.
+    """
+    image = _validate_image(image)
+    if work_size < _MIN_SIZE:
+        raise ValueError(f"work_size must be at least {_MIN_SIZE}, got {work_size}")
+    if grabcut_iterations < 1:
+        raise ValueError(f"grabcut_iterations must be at least 1, got {grabcut_iterations}")
+    found = _detect_face(image)
+    if found is None:
+        return None
+    face_box, detection_confidence = found
+
+    height, width = image.shape[:2]
+    scale = min(1.0, work_size / max(height, width))
+    wh, ww = max(1, round(height * scale)), max(1, round(width * scale))
+    work = image if scale == 1.0 else cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA)
+    sy, sx = wh / height, ww / width
+    x, y, w, h = face_box
+    work_face = (x * sx, y * sy, w * sx, h * sy)
+    labels = _prior_labels(work_face, wh, ww)
+    definite = labels == cv2.GC_FGD
+    prior = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
+
+    # GrabCut only needs the neighbourhood of the head-and-shoulders box; the rest is background.
+    bx0, by0, bx1, by1 = person_prior_box(work_face, wh, ww)
+    mx, my = _ROI_MARGIN * (bx1 - bx0), _ROI_MARGIN * (by1 - by0)
+    rx0, ry0 = max(0, int(bx0 - mx)), max(0, int(by0 - my))
+    rx1, ry1 = min(ww, int(np.ceil(bx1 + mx))), min(wh, int(np.ceil(by1 + my)))
+    roi_labels = labels[ry0:ry1, rx0:rx1].copy()
+    has_background = bool(np.any((roi_labels == cv2.GC_BGD) | (roi_labels == cv2.GC_PR_BGD)))
+
+    mask = np.zeros((wh, ww), dtype=np.uint8)
+    if has_background:
+        background_model = np.zeros((1, 65), dtype=np.float64)
+        foreground_model = np.zeros((1, 65), dtype=np.float64)
+        roi_image = np.ascontiguousarray(work[ry0:ry1, rx0:rx1])
+        cv2.setRNGSeed(int(seed))
+        cv2.grabCut(
+            roi_image, roi_labels, None, background_model, foreground_model, grabcut_iterations,
+            cv2.GC_INIT_WITH_MASK,
+        )
+        mask[ry0:ry1, rx0:rx1] = (roi_labels == cv2.GC_FGD) | (roi_labels == cv2.GC_PR_FGD)
+        mask = _clean_mask(mask, definite)
+
+    n_definite = max(1, int(np.count_nonzero(definite)))
+    n_prior = max(1, int(np.count_nonzero(prior)))
+    kept_definite = np.count_nonzero(mask[definite]) / n_definite
+    kept_prior = np.count_nonzero(mask & prior) / n_prior
+    coverage = np.count_nonzero(mask) / mask.size
+    degenerate = (
+        not has_background
+        or kept_definite < _MIN_DEFINITE_KEPT
+        or kept_prior < _MIN_PRIOR_KEPT
+        or coverage > _MAX_COVERAGE
+    )
+    if degenerate:
+        mask = _clean_mask(prior, definite)
+    iou = np.count_nonzero(mask & prior) / max(1, np.count_nonzero(mask | prior))
+    score = detection_confidence * (0.5 + 0.5 * iou)
+    if degenerate:
+        score *= _FALLBACK_SCORE_FACTOR
+    return PersonSegmentation(
+        mask=_upsample(mask, height, width),
+        score=float(np.clip(score, 0.0, 1.0)),
+        face_box=face_box,
+    )

@@ -1,0 +1,81 @@
+"""Surface normals: from a depth map, from a silhouette, and their RGB encoding.
+
+Normals are unit vectors in the camera frame of :mod:`relight_datasets.ops.lighting` (x right, y up, z towards the
+camera), shaped ``B x 3 x H x W``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .filters import gaussian_blur
+
+
+def _image_gradients(height_field: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences of ``B x 1 x H x W`` along x (right) and y (down), replicate-padded."""
+    padded = F.pad(height_field, (1, 1, 1, 1), mode="replicate")
+    d_dx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
+    d_dy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
+    return d_dx, d_dy
+
+
+def normals_from_height(height: torch.Tensor) -> torch.Tensor:
+    """Normals of the surface ``z = height(x, y)`` with height in pixels (towards the camera), ``B x 1 x H x W``.
+
+    ``n = normalize(-dz/dx, +dz/dy_down, 1)``: y is flipped because image rows grow downwards while y points up.
+    """
+    dz_dx, dz_dy_down = _image_gradients(height)
+    normals = torch.cat([-dz_dx, dz_dy_down, torch.ones_like(height)], dim=1)
+    return F.normalize(normals, dim=1)
+
+
+def normals_from_depth(depth: torch.Tensor, larger_is_closer: bool = True, relief: float = 0.5) -> torch.Tensor:
+    """Normals from relative depth ``B x 1 x H x W`` in any units (e.g. a depth network's disparity).
+
+    Each map is normalised to [0, 1] by its own 2nd-98th percentile range, then treated as a height field whose
+    relief is ``relief`` times the image's long side. The result depends on neither the depth units nor the
+    image size. ``larger_is_closer``: True for disparity-like outputs (Depth Anything, DPT), False for metric depth.
+    """
+    b, _, h, w = depth.shape
+    flat = depth.reshape(b, -1).double()
+    q = torch.quantile(flat[:, :: max(1, flat.shape[1] // 65536)], torch.tensor([0.02, 0.98], dtype=flat.dtype), dim=1)
+    low, high = q[0].view(b, 1, 1, 1), q[1].view(b, 1, 1, 1)
+    unit = ((depth.double() - low) / (high - low).clamp_min(1e-12)).to(depth.dtype)
+    if not larger_is_closer:
+        unit = 1 - unit
+    return normals_from_height(unit * relief * max(h, w))
+
+
+def normals_from_mask(mask: torch.Tensor, inflation_sigma: float = 0.12, edge_tilt_deg: float = 70.0) -> torch.Tensor:
+    """Normals of a silhouette "inflated" into a smooth bulge, so shading follows the person's outline.
+
+    The height field is the mask blurred with sigma ``inflation_sigma * sqrt(mask area)`` pixels (a soft distance
+    transform), scaled so the steepest slope (at the silhouette) tilts the normal by ``edge_tilt_deg``. Inside
+    the body the surface faces the camera; towards the outline it turns outwards. ``mask``: ``B x 1 x H x W`` in
+    [0, 1] -> ``B x 3 x H x W``; outside the mask the normals face the camera.
+    """
+    area = mask.flatten(1).double().sum(dim=1).clamp_min(1.0)
+    sigmas = (inflation_sigma * area.sqrt()).clamp_min(1.0).tolist()
+    heights = []
+    for index, sigma in enumerate(sigmas):
+        bulge = gaussian_blur(mask[index : index + 1], sigma)
+        # Peak slope of a blurred step edge is 1 / (sigma sqrt(2 pi)); scale it to tan(edge tilt).
+        amplitude = math.tan(math.radians(edge_tilt_deg)) * sigma * math.sqrt(2 * math.pi)
+        heights.append(bulge * amplitude)
+    normals = normals_from_height(torch.cat(heights))
+    facing = torch.zeros_like(normals)
+    facing[:, 2] = 1
+    return torch.where(mask > 0.5, normals, facing)
+
+
+def encode_normals(normals: torch.Tensor) -> torch.Tensor:
+    """Unit normals ``B x 3 x H x W`` -> RGB in [0, 1] as ``(n + 1) / 2`` (R = x right, G = y up, B = z)."""
+    return (normals + 1) * 0.5
+
+
+def decode_normals(rgb: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode_normals`, renormalised to unit length (undoes 8-bit quantisation error)."""
+    return F.normalize(rgb * 2 - 1, dim=1)

@@ -1,0 +1,41 @@
+"""Per-row random streams.
+
+Every random draw for a row comes from a generator seeded by ``(global seed, image_id, stream)``, so a row's
+result does not depend on batch size, batch order or the number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def row_seed(seed: int, image_id: str, stream: str) -> int:
+    """A 63-bit integer derived from the global seed, the row's id and the name of a random stream."""
+    digest = hashlib.blake2b(f"{seed}\x1f{image_id}\x1f{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def row_generator(seed: int, image_id: str, stream: str) -> torch.Generator:
+    """A CPU ``torch.Generator`` for one row and one stream (draws on the CPU are identical on every machine)."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(row_seed(seed, image_id, stream))
+    return generator
+
+
+def uniform(generator: torch.Generator, low: float, high: float) -> float:
+    """One float drawn uniformly from ``[low, high)``."""
+    return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+
+
+def randint(generator: torch.Generator, low: int, high: int) -> int:
+    """One integer drawn uniformly from ``[low, high]`` (both ends included)."""
+    return int(torch.randint(low, high + 1, (), generator=generator).item())
+
+
+def choice(generator: torch.Generator, options: list, weights: list[float] | None = None):
+    """One element of ``options``, drawn with the given relative weights (uniform when omitted)."""
+    w = torch.ones(len(options), dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
+    index = int(torch.multinomial(w, 1, generator=generator).item())
+    return options[index]

@@ -1,0 +1,87 @@
+"""Stage 0: decode the source image into an RGB uint8 array no larger than the configured resolution."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .base import Stage
+
+MIN_SIDE = 32
+"""Images with a shorter side (after EXIF rotation) are skipped as ``too_small``."""
+
+
+class ImageSkip(Exception):
+    """An input that cannot be used; ``reason`` is the skip reason recorded in the build report."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: transparency flattened onto white, 16-bit and float data rescaled, CMYK converted."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        data = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or data.max() > 255 else 255.0
+        gray = np.clip(np.rint(data / peak * 255), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(value, resolution: int) -> np.ndarray:
+    """An undecoded image (``{"bytes"|"path"}`` dict, PIL image, bytes or path) -> ``H x W x 3`` uint8 RGB with the
+    EXIF orientation applied, the first frame of animations, and the long side at most ``resolution``.
+    Raises :class:`ImageSkip` for anything unusable."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if value is None:
+        raise ImageSkip("missing_image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if isinstance(value, Image.Image):
+                image = value
+            else:
+                image = Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value)
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(image)
+    except FileNotFoundError:
+        raise ImageSkip("missing_file", str(value)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageSkip("decompression_bomb") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageSkip("unreadable_image", f"{type(error).__name__}: {error}") from None
+    width, height = rgb.size
+    if min(width, height) < MIN_SIDE:
+        raise ImageSkip("too_small", f"{width}x{height}")
+    if max(width, height) > resolution:
+        factor = resolution / max(width, height)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(rgb)
+
+
+class LoadStage(Stage):
+    """Decodes ``input`` into an RGB uint8 array; unusable files become skipped rows with a named reason."""
+
+    name = "decode"
+    outputs = ("input",)
+
+    def process(self, batch, rows, outputs, skip, rank):
+        for row in rows:
+            try:
+                outputs["input"][row] = decode_image(batch["input"][row], self.config.resolution)
+            except ImageSkip as problem:
+                skip[row] = problem.reason

@@ -1,0 +1,211 @@
+"""End to end: the CLI on the real fixture faces, checked against the output contract (DESIGN section 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from datasets import Image as ImageFeature
+from datasets import load_dataset
+from huggingface_hub import DatasetCard
+from PIL import Image
+
+from relight_datasets.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+RESOLUTION = 256
+EXPECTED_COLUMNS = [
+    "image_id", "source", "input", "mask", "albedo", "degraded", "composite", "normals", "segmentation_method",
+    "segmentation_score", "mask_coverage", "normals_method", "albedo_method", "albedo_blend_ratio", "degradation_type",
+    "light_direction", "ambient", "degradation_params", "instruction", "seed",
+]
+
+
+def run_build(source: str, out: Path, *extra: str) -> int:
+    return main(["--source", source, "--out", str(out), "--resolution", str(RESOLUTION), "--quiet", *extra])
+
+
+def table(out: Path):
+    return pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, faces_dir):
+    out = tmp_path_factory.mktemp("build") / "relight-pairs"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build.py"), "--source", f"folder:{faces_dir}", "--limit", "6",
+         "--out", str(out), "--resolution", str(RESOLUTION), "--batch-size", "4", "--preset", "full"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_cli_prints_a_summary(built):
+    _, result = built
+    assert "6 of 6 images processed" in result.stdout
+    assert "images/s" in result.stdout and "load_dataset" in result.stdout
+
+
+def test_output_folder_layout(built):
+    out, _ = built
+    assert (out / "README.md").is_file() and (out / "preview.png").is_file() and (out / "build_report.json").is_file()
+    assert [p.name for p in (out / "data").iterdir()] == ["train-00000-of-00001.parquet"]
+    assert not (out / ".work").exists()
+    preview = Image.open(out / "preview.png")
+    assert preview.width == 5 * 192 and preview.height >= 6 * 192
+
+
+def test_dataset_loads_with_no_script_and_matches_the_contract(built, faces_dir):
+    out, _ = built
+    ds = load_dataset(str(out), split="train")
+    assert ds.column_names == EXPECTED_COLUMNS
+    assert len(ds) == 6
+    for column in ("input", "mask", "albedo", "degraded", "composite", "normals"):
+        assert isinstance(ds.features[column], ImageFeature)
+    expected_ids = sorted(p.name for p in faces_dir.glob("*.png"))[:6]
+    assert ds["image_id"] == expected_ids
+    for row in ds:
+        size = row["input"].size
+        assert max(size) == RESOLUTION
+        assert row["mask"].mode == "L"
+        for column in ("mask", "albedo", "degraded", "composite", "normals"):
+            assert row[column].size == size
+        mask = np.asarray(row["mask"])
+        assert set(np.unique(mask)) <= {0, 255}
+        assert row["mask_coverage"] == pytest.approx((mask == 255).mean(), abs=1e-3)
+        assert 0.05 < row["mask_coverage"] < 0.95
+        assert row["segmentation_method"] == "classical" and 0 <= row["segmentation_score"] <= 1
+        assert row["normals_method"] == "mask_inflation"
+        assert row["albedo_method"] == "retinex" and 0.15 <= row["albedo_blend_ratio"] <= 0.25
+        assert row["degradation_type"] in {"soft_shading", "hard_shadow", "specular"}
+        assert math.isclose(sum(v * v for v in row["light_direction"]), 1.0, rel_tol=1e-4)
+        assert row["light_direction"][2] >= math.sin(math.radians(10)) - 1e-4  # elevation in [10, 80] degrees
+        params = json.loads(row["degradation_params"])
+        assert {"elevation_deg", "azimuth_deg", "pattern", "specular"} <= set(params)
+        assert row["instruction"].split(" light from ")[0] in {"soft", "directional"}
+        assert row["seed"] == 0
+        # composite equals the input exactly outside the mask (background mode "original")
+        outside = mask == 0
+        assert np.array_equal(np.asarray(row["composite"])[outside], np.asarray(row["input"])[outside])
+        # albedo and degraded are black outside the mask, and the person actually changed
+        assert np.asarray(row["degraded"])[outside].max() == 0
+        inside = mask == 255
+        diff = np.abs(np.asarray(row["composite"], dtype=int) - np.asarray(row["input"], dtype=int))[inside]
+        assert diff.mean() > 3
+
+
+def test_build_report(built):
+    out, _ = built
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["attempted"] == 6 and report["processed"] == 6 and report["skipped"] == {}
+    assert report["processed"] + sum(report["skipped"].values()) == report["attempted"]
+    assert set(report["methods"]) == {"segmentation_method", "normals_method", "albedo_method", "degradation_type"}
+    assert sum(report["methods"]["degradation_type"].values()) == 6
+    assert {"decode", "segmentation", "normals", "albedo", "degradation", "recombination", "encode", "write"} <= set(
+        report["timings"])
+    assert report["version"] == "0.1.0" and len(report["config_fingerprint"]) == 16
+
+
+def test_dataset_card_yaml(built):
+    out, _ = built
+    card = DatasetCard.load(out / "README.md")
+    data = card.data.to_dict()
+    report = json.loads((out / "build_report.json").read_text())
+    assert data["version"] == "0.1.0"
+    assert data["relight_datasets"]["config_fingerprint"] == report["config_fingerprint"]
+    assert data["relight_datasets"]["config"]["degradation"]["weights"]["specular"] == 0.2
+    assert data["license"] and "image-to-image" in data["task_categories"]
+    assert data["size_categories"] == ["n<1K"] or data["size_categories"] == "n<1K"
+    names = [f["name"] for f in data["dataset_info"]["features"]]
+    assert names == EXPECTED_COLUMNS
+    assert data["dataset_info"]["splits"][0]["name"] == "train"
+    assert data["dataset_info"]["splits"][0]["num_examples"] == 6
+
+
+def test_rebuilding_into_a_folder_is_never_served_from_a_stale_cache(tmp_path, faces_dir):
+    """Two builds whose cards are identical (same config, same counts) must still load their own rows."""
+    first, second = copy_faces(faces_dir, tmp_path / "one", 1), tmp_path / "two"
+    second.mkdir()
+    shutil.copy(sorted(faces_dir.glob("*.png"))[5], second / "other.png")
+    for folder in (first, second):
+        assert run_build(f"folder:{folder}", tmp_path / f"build-{folder.name}" / "out") == 0
+    ids = [load_dataset(str(tmp_path / f"build-{name}" / "out"), split="train")["image_id"] for name in ("one", "two")]
+    assert ids[0] != ids[1]
+
+
+def copy_faces(faces_dir: Path, target: Path, count: int) -> Path:
+    target.mkdir(parents=True)
+    for path in sorted(faces_dir.glob("*.png"))[:count]:
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def test_same_seed_gives_identical_rows_and_batch_size_does_not_matter(tmp_path, faces_dir):
+    source = f"folder:{faces_dir}"
+    assert run_build(source, tmp_path / "a", "--limit", "4", "--batch-size", "8") == 0
+    assert run_build(source, tmp_path / "b", "--limit", "4", "--batch-size", "8") == 0
+    assert run_build(source, tmp_path / "c", "--limit", "4", "--batch-size", "1") == 0
+    assert run_build(source, tmp_path / "d", "--limit", "4", "--batch-size", "8", "--seed", "5") == 0
+    rows_a, rows_b, rows_c, rows_d = (table(tmp_path / name) for name in "abcd")
+    assert rows_a == rows_b
+    assert rows_a == rows_c
+    assert [r["composite"] for r in rows_a] != [r["composite"] for r in rows_d]
+    assert [r["input"] for r in rows_a] == [r["input"] for r in rows_d]
+
+
+@pytest.mark.parametrize(("mode", "value"), [("gray", 128), ("black", 0)])
+def test_background_modes_end_to_end(tmp_path, faces_dir, mode, value):
+    assert run_build(f"folder:{faces_dir}", tmp_path / mode, "--limit", "1", "--background", mode) == 0
+    row = load_dataset(str(tmp_path / mode), split="train")[0]
+    outside = np.asarray(row["mask"]) == 0
+    assert np.all(np.asarray(row["composite"])[outside] == value)
+
+
+def test_unreadable_files_are_skipped_with_a_reason(tmp_path, faces_dir):
+    folder = copy_faces(faces_dir, tmp_path / "in", 2)
+    (folder / "notes.jpg").write_text("this is not an image")
+    (folder / "empty.png").write_bytes(b"")
+    good = (folder / sorted(p.name for p in folder.iterdir() if p.stat().st_size > 1000)[0]).read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 3])
+    Image.new("RGB", (8, 8), (200, 150, 120)).save(folder / "tiny.png")
+    Image.new("RGB", (256, 256), (90, 140, 200)).save(folder / "sky.png")
+    out = tmp_path / "out"
+    assert run_build(f"folder:{folder}", out) == 0
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["attempted"] == 7 and report["processed"] == 2
+    assert report["skipped"] == {"no_person": 1, "too_small": 1, "unreadable_image": 3}
+    assert {r["image_id"]: r["reason"] for r in report["skipped_rows"]}["sky.png"] == "no_person"
+    assert len(load_dataset(str(out), split="train")) == 2
+
+
+def test_source_and_output_errors_exit_2(tmp_path, faces_dir, capsys):
+    assert main(["--source", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "o")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    assert main(["--source", f"folder:{faces_dir}", "--out", str(tmp_path / "full"), "--limit", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "full" / "keep.txt").exists()
+
+
+def test_csv_source_uses_paths_relative_to_the_csv(tmp_path, faces_dir):
+    folder = copy_faces(faces_dir, tmp_path / "imgs", 2)
+    names = sorted(p.name for p in folder.iterdir())
+    (tmp_path / "list.csv").write_text("image_path\n" + "\n".join(f"imgs/{n}" for n in names) + "\n")
+    assert run_build(f"csv:{tmp_path / 'list.csv'}", tmp_path / "out") == 0
+    ds = load_dataset(str(tmp_path / "out"), split="train")
+    assert ds["image_id"] == [f"imgs/{n}" for n in names]
+
+
+def test_hub_source_fails_fast_offline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["--source", "hf:someone/portraits", "--out", str(tmp_path / "o")]) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
