@@ -36,7 +36,7 @@ Range = tuple[float, float]
 
 @dataclass
 class ClassicalSegmentationConfig:
-    work_size: int = 320
+    work_size: int = 192
     grabcut_iterations: int = 4
 
 

@@ -23,8 +23,9 @@ Everything is vectorised (OpenCV / NumPy); nothing loops over pixels in Python.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -50,6 +51,7 @@ _CASCADES: tuple[tuple[str, int, float], ...] = (
     ("haarcascade_profileface.xml", 4, 0.7),
 )
 _SCALE_FACTOR = 1.1
+_CASCADE_LOCK = threading.Lock()  # a CascadeClassifier must not run in two threads at once
 
 # Prior geometry, in face-box units: u = (x - face centre x) / face width, v = (y - face top) / face height.
 _INNER_FACE = (0.0, 0.52, 0.30, 0.40)  # definite foreground ellipse: centre u, centre v, semi-axis u, semi-axis v
@@ -58,14 +60,14 @@ _HEAD = (0.0, 0.40, 0.62, 0.88)  # probable foreground ellipse around face and h
 _BACKGROUND_ELLIPSE_SCALE = 1.3  # definite background lies outside the head ellipse scaled by this ...
 _BACKGROUND_MAX_V = 0.45  # ... and above this line (top corners only)
 _NECK_CORE = (0.17, 0.92, 1.35)  # definite foreground: half-width, top v, bottom v
-_TORSO_CORE = (0.45, 1.35)  # definite foreground below the neck: half-width, top v (to the bottom edge)
+_TORSO_CORE = (0.45, 1.35)  # definite foreground below the neck: half-width, top v (down to the prior box bottom)
 # Probable-foreground torso polygon as (half-width, v) pairs from the neck down to the shoulders, then straight down.
 _TORSO_OUTLINE = ((0.35, 0.85), (0.55, 1.00), (0.95, 1.15), (1.40, 1.45), (1.60, 2.00))
 # Extent of the head-and-shoulders box: half-width, top v, bottom v.
 _PRIOR_BOX = (1.55, -0.60, 2.60)
 
 _MIN_DEFINITE_KEPT = 0.30  # GrabCut result must keep this much of the definite foreground ...
-_MIN_PRIOR_KEPT = 0.35  # ... and of the prior's (definite + probable) foreground ...
+_MIN_HEAD_KEPT = 0.35  # ... and of the prior's head ellipse (face + hair) ...
 _MAX_COVERAGE = 0.95  # ... and cover less than this much of the image, or the prior is used instead
 _FALLBACK_SCORE_FACTOR = 0.5
 _ROI_MARGIN = 0.25  # GrabCut runs on the head-and-shoulders box grown by this fraction of its size per side
@@ -80,7 +82,8 @@ class PersonSegmentation:
     mask: np.ndarray
     """``H x W`` ``uint8``, 255 = person, 0 = background, same size as the input."""
     score: float
-    """Confidence in [0, 1]: detection confidence times agreement of the refined mask with the prior."""
+    """Confidence in [0, 1]: the face detection's confidence times ``0.5 + 0.5 * IoU`` of the mask with the
+    prior's foreground, halved when GrabCut degenerated and the prior itself is returned."""
     face_box: tuple[int, int, int, int]
     """``x, y, w, h`` of the detected face in input pixels."""
 
@@ -97,7 +100,7 @@ def _validate_image(image: object) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cascade(name: str) -> cv2.CascadeClassifier:
     path = os.path.join(cv2.data.haarcascades, name)
     classifier = cv2.CascadeClassifier(path)
@@ -135,9 +138,10 @@ def _detect_face(image: np.ndarray) -> tuple[tuple[int, int, int, int], float] |
         mirrored_views = (False, True) if "profile" in name else (False,)
         for mirrored in mirrored_views:
             view = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
-            boxes, votes = classifier.detectMultiScale2(
-                view, scaleFactor=_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_side, min_side)
-            )
+            with _CASCADE_LOCK:
+                boxes, votes = classifier.detectMultiScale2(
+                    view, scaleFactor=_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_side, min_side)
+                )
             if len(boxes) == 0:
                 continue
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -190,8 +194,11 @@ def person_prior_box(face_box: tuple[int, int, int, int], height: int, width: in
     return x0, y0, x1, y1
 
 
-def _prior_labels(face_box: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
-    """GrabCut label map (``GC_BGD`` / ``GC_FGD`` / ``GC_PR_BGD`` / ``GC_PR_FGD``) for a face box in these pixels."""
+def _prior_labels(
+    face_box: tuple[float, float, float, float], height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """GrabCut label map (``GC_BGD`` / ``GC_FGD`` / ``GC_PR_BGD`` / ``GC_PR_FGD``) for a face box in these pixels,
+    and the boolean head ellipse (face and hair) it was drawn with."""
     fx, fy, fw, fh = face_box
     cx = fx + fw / 2.0
     ys, xs = np.ogrid[:height, :width]
@@ -224,9 +231,9 @@ def _prior_labels(face_box: tuple[float, float, float, float], height: int, widt
     core_hw, core_top = _TORSO_CORE
     definite = ellipse(_INNER_FACE) | ellipse(_CROWN)
     definite |= (np.abs(u) <= neck_hw) & (v >= neck_top) & (v <= neck_bottom)
-    definite |= (np.abs(u) <= core_hw) & (v >= core_top)
+    definite |= (np.abs(u) <= core_hw) & (v >= core_top) & (v <= _PRIOR_BOX[2])
     labels[definite] = cv2.GC_FGD
-    return labels
+    return labels, head
 
 
 def _fill_small_holes(mask: np.ndarray) -> np.ndarray:
@@ -275,6 +282,9 @@ def segment_person_classical(
     ``work_size`` is the long side GrabCut runs at (the input is never upscaled), ``grabcut_iterations`` the
     number of GrabCut iterations and ``seed`` the seed of OpenCV's RNG, set right before GrabCut, so equal inputs
     give equal masks whatever ran before. See the module docstring for the method.
+
+    Cost is dominated by ``cv2.grabCut`` (its max-flow grows faster than the pixel count and depends on the image):
+    lower ``work_size`` / ``grabcut_iterations`` trade mask detail for speed.
     """
     image = _validate_image(image)
     if work_size < _MIN_SIZE:
@@ -293,15 +303,19 @@ def segment_person_classical(
     sy, sx = wh / height, ww / width
     x, y, w, h = face_box
     work_face = (x * sx, y * sy, w * sx, h * sy)
-    labels = _prior_labels(work_face, wh, ww)
-    definite = labels == cv2.GC_FGD
-    prior = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
+    labels, head = _prior_labels(work_face, wh, ww)
 
-    # GrabCut only needs the neighbourhood of the head-and-shoulders box; the rest is background.
+    # GrabCut only looks at the neighbourhood of the head-and-shoulders box; everything else is background.
     bx0, by0, bx1, by1 = person_prior_box(work_face, wh, ww)
     mx, my = _ROI_MARGIN * (bx1 - bx0), _ROI_MARGIN * (by1 - by0)
     rx0, ry0 = max(0, int(bx0 - mx)), max(0, int(by0 - my))
     rx1, ry1 = min(ww, int(np.ceil(bx1 + mx))), min(wh, int(np.ceil(by1 + my)))
+    outside = np.ones((wh, ww), dtype=bool)
+    outside[ry0:ry1, rx0:rx1] = False
+    labels[outside] = cv2.GC_BGD
+    head &= ~outside
+    definite = labels == cv2.GC_FGD
+    prior = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
     roi_labels = labels[ry0:ry1, rx0:rx1].copy()
     has_background = bool(np.any((roi_labels == cv2.GC_BGD) | (roi_labels == cv2.GC_PR_BGD)))
 
@@ -312,21 +326,25 @@ def segment_person_classical(
         roi_image = np.ascontiguousarray(work[ry0:ry1, rx0:rx1])
         cv2.setRNGSeed(int(seed))
         cv2.grabCut(
-            roi_image, roi_labels, None, background_model, foreground_model, grabcut_iterations,
+            roi_image,
+            roi_labels,
+            None,
+            background_model,
+            foreground_model,
+            grabcut_iterations,
             cv2.GC_INIT_WITH_MASK,
         )
         mask[ry0:ry1, rx0:rx1] = (roi_labels == cv2.GC_FGD) | (roi_labels == cv2.GC_PR_FGD)
         mask = _clean_mask(mask, definite)
 
     n_definite = max(1, int(np.count_nonzero(definite)))
-    n_prior = max(1, int(np.count_nonzero(prior)))
     kept_definite = np.count_nonzero(mask[definite]) / n_definite
-    kept_prior = np.count_nonzero(mask & prior) / n_prior
+    kept_head = np.count_nonzero(mask[head]) / max(1, int(np.count_nonzero(head)))
     coverage = np.count_nonzero(mask) / mask.size
     degenerate = (
         not has_background
         or kept_definite < _MIN_DEFINITE_KEPT
-        or kept_prior < _MIN_PRIOR_KEPT
+        or kept_head < _MIN_HEAD_KEPT
         or coverage > _MAX_COVERAGE
     )
     if degenerate:

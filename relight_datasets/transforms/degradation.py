@@ -18,7 +18,7 @@ from ..ops.patterns import render_pattern
 from ..rng import choice, randint, row_generator, uniform
 from .base import Stage, group_by_shape, to_uint8_array
 
-PATTERN_WORKING_SIZE = 512
+PATTERN_WORKING_SIZE = 256
 """Long side (pixels) at which shadow patterns are drawn and blurred before upsampling; they are smooth anyway."""
 
 
