@@ -106,7 +106,9 @@ class SpecularConfig:
 
 @dataclass
 class DegradationConfig:
-    weights: dict[str, float] = field(default_factory=lambda: {"soft_shading": 0.8, "hard_shadow": 0.0, "specular": 0.0})
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"soft_shading": 0.8, "hard_shadow": 0.0, "specular": 0.0}
+    )
     light: LightConfig = field(default_factory=LightConfig)
     soft_shading: SoftShadingConfig = field(default_factory=SoftShadingConfig)
     hard_shadow: HardShadowConfig = field(default_factory=HardShadowConfig)
@@ -279,7 +281,9 @@ def validate(config: BuildConfig) -> BuildConfig:
         raise ConfigError(f"output.preview_rows: must not be negative, got {out.preview_rows}")
     _check_unit_range("output.png_compress_level", out.png_compress_level, 0, 9)
     if len(out.dataset_version.split(".")) != 3 or not all(p.isdigit() for p in out.dataset_version.split(".")):
-        raise ConfigError(f"output.dataset_version: must be a semantic version MAJOR.MINOR.PATCH, got {out.dataset_version}")
+        raise ConfigError(
+            f"output.dataset_version: must be a semantic version MAJOR.MINOR.PATCH, got {out.dataset_version}"
+        )
     return config
 
 

@@ -99,7 +99,8 @@ def test_lab_albedo_flattens_shading_on_uniform_regions_and_keeps_their_colour()
         assert estimate[..., rows, cols].std(dim=2).mean() < 0.35 * image[..., rows, cols].std(dim=2).mean()
     # L* is normalised locally (large-scale lightness differences are lost: why Retinex is the default), but the
     # chroma of each region is kept: warm on the left, near-neutral on the right
-    left, right = estimate[0, :, rows, 10:30].mean(dim=(1, 2)), estimate[0, :, rows, size - 30 : size - 10].mean(dim=(1, 2))
+    left = estimate[0, :, rows, 10:30].mean(dim=(1, 2))
+    right = estimate[0, :, rows, size - 30 : size - 10].mean(dim=(1, 2))
     assert left[0] - left[2] > 0.15
     assert abs(right[0] - right[2]) < 0.1
 

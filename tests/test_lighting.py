@@ -22,7 +22,8 @@ def test_lambertian_shading_of_sphere_matches_analytic(elevation, azimuth, ambie
     shading = lambertian_shading(normals, [light], [ambient])
     # analytic: at pixel centre (x, y) on the unit sphere, N = (x, y, sqrt(1 - x^2 - y^2))
     n = normals[0].double()
-    expected = ambient + (1 - ambient) * (n * torch.tensor(light, dtype=torch.float64).view(3, 1, 1)).sum(0).clamp_min(0)
+    n_dot_l = (n * torch.tensor(light, dtype=torch.float64).view(3, 1, 1)).sum(0)
+    expected = ambient + (1 - ambient) * n_dot_l.clamp_min(0)
     inside = mask[0, 0] > 0
     assert shading.shape == (1, 1, 96, 96)
     assert torch.allclose(shading[0, 0][inside].double(), expected[inside], atol=1e-5)
@@ -34,7 +35,8 @@ def test_lambertian_shading_of_sphere_matches_analytic(elevation, azimuth, ambie
 
 def test_lambertian_is_per_image():
     normals, _ = sphere_normals(32)
-    pair = lambertian_shading(normals.repeat(2, 1, 1, 1), [light_direction(40, 0), light_direction(40, 180)], [0.5, 0.7])
+    lights = [light_direction(40, 0), light_direction(40, 180)]
+    pair = lambertian_shading(normals.repeat(2, 1, 1, 1), lights, [0.5, 0.7])
     single = lambertian_shading(normals, [light_direction(40, 180)], [0.7])
     assert torch.equal(pair[1:], single)
     assert not torch.equal(pair[0], pair[1])
@@ -50,7 +52,8 @@ def test_phong_highlight_sits_at_the_half_way_normal():
     half = torch.tensor(light, dtype=torch.float64) + torch.tensor([0, 0, 1.0], dtype=torch.float64)
     assert torch.dot(n, half / half.norm()) > 0.995
     # facing away from the light: no highlight
-    assert spec[0, 0][(normals[0].double() * torch.tensor(light, dtype=torch.float64).view(3, 1, 1)).sum(0) < 0].max() == 0
+    facing_away = (normals[0].double() * torch.tensor(light, dtype=torch.float64).view(3, 1, 1)).sum(0) < 0
+    assert spec[0, 0][facing_away].max() == 0
 
 
 def test_describe_direction_words():

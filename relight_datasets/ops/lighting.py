@@ -55,7 +55,7 @@ def phong_specular(
 
 
 def describe_direction(elevation_deg: float, azimuth_deg: float) -> str:
-    """Plain words for where a light comes from, e.g. ``"the upper left"`` or ``"the front, slightly from the right"``."""
+    """Where a light comes from, in words: e.g. ``"the upper left"``, ``"the front, slightly from the right"``."""
     sectors = ["the right", "the upper right", "above", "the upper left", "the left", "the lower left", "below",
                "the lower right"]
     side = sectors[int(((azimuth_deg % 360) + 22.5) // 45) % 8]

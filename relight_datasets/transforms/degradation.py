@@ -115,7 +115,8 @@ def relight(albedo: torch.Tensor, normals: torch.Tensor, mask: torch.Tensor, dra
 
 class DegradationStage(Stage):
     """Degraded foreground ``H x W x 3`` uint8 (the albedo relit, black outside the mask) and the lighting metadata:
-    ``degradation_type``, ``light_direction`` (x right, y up, z to camera), ``ambient``, ``degradation_params`` (JSON)."""
+    ``degradation_type``, ``light_direction`` (x right, y up, z to camera), ``ambient`` and ``degradation_params``
+    (JSON)."""
 
     name = "degradation"
     outputs = ("degraded", "degradation_type", "light_direction", "ambient", "degradation_params")
