@@ -51,6 +51,7 @@ class SegmentationConfig:
 @dataclass
 class AlbedoConfig:
     method: Literal["retinex", "lab"] = "retinex"
+    retinex_color: Literal["luminance", "channels"] = "luminance"
     retinex_scales: list[float] = field(default_factory=lambda: [15.0, 80.0, 250.0])
     color_balance_percent: float = 1.0
     blend_range: Range = (0.15, 0.25)

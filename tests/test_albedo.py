@@ -41,12 +41,17 @@ def rendered_scene(size=SIZE, shading="gradient"):
     _, mask = sphere_normals(size, radius_fraction=0.45)
     albedo = textured_albedo(size) * mask
     if shading == "gradient":
-        coords = (torch.arange(size) + 0.5) / size
-        y, x = torch.meshgrid(coords, coords, indexing="ij")
-        light = torch.exp(-1.4 * (0.6 * x + 0.8 * y))[None, None]
+        light = gradient_light(size)
     else:
         light = lambertian_shading(sphere_normals(size, 1.2)[0], [light_direction(35, 150)], [0.3])
     return (albedo * light).clamp(0, 1), albedo, mask
+
+
+def gradient_light(size=SIZE):
+    """``1 x 1 x S x S`` log-linear light fall-off from the upper left (from 1 down to about 0.25)."""
+    coords = (torch.arange(size) + 0.5) / size
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.exp(-1.4 * (0.6 * x + 0.8 * y))[None, None]
 
 
 @pytest.mark.parametrize("shading", ["gradient", "sphere"])
@@ -59,6 +64,34 @@ def test_retinex_recovers_albedo_much_better_than_the_input(shading):
     assert err_estimate < 0.35
     assert estimate.min() >= 0 and estimate.max() <= 1
     assert torch.all(estimate[mask.expand_as(estimate) == 0] == 0)
+
+
+@pytest.mark.parametrize("color", ["luminance", "channels"])
+def test_both_colour_modes_recover_the_albedo(color):
+    image, albedo, mask = rendered_scene()
+    estimate = retinex_albedo(image, mask, scales=SCALES, color_balance_percent=1.0, color=color)
+    assert affine_invariant_error(estimate, albedo, mask) < 0.5 * affine_invariant_error(image, albedo, mask)
+
+
+def test_luminance_mode_keeps_skin_tone_and_hue_where_channels_mode_evens_them_out():
+    _, _, mask = rendered_scene()
+    tones = {"dark": torch.tensor([0.30, 0.18, 0.12]), "light": torch.tensor([0.85, 0.66, 0.55])}
+    medians = {}
+    for name, colour in tones.items():
+        person = (textured_albedo(SIZE) - 0.6) * 0.3 + 1.0  # +-7.5 % texture around 1
+        truth = (person * colour.view(1, 3, 1, 1)).clamp(0, 1) * mask
+        rendered = (truth * gradient_light()).clamp(0, 1)
+        inside = mask[0, 0] > 0
+        for color in ("luminance", "channels"):
+            estimate = retinex_albedo(rendered, mask, SCALES, 1.0, color=color)
+            medians[name, color] = estimate[0][:, inside].median(dim=1).values
+    dark, light = medians["dark", "luminance"], medians["light", "luminance"]
+    assert dark.mean() < 0.6 * light.mean()  # dark stays dark, light stays light
+    for name in tones:  # hue: channel ratios of the recovered albedo match the truth's
+        ratio = medians[name, "luminance"] / medians[name, "luminance"][0]
+        assert torch.allclose(ratio, tones[name] / tones[name][0], atol=0.06)
+    # the seed's per-channel mode stretches every channel to [0, 1]: both tones end up alike
+    assert abs(medians["dark", "channels"].mean() - medians["light", "channels"].mean()) < 0.15
 
 
 def test_mask_aware_retinex_beats_plain_retinex_near_the_mask_edge():

@@ -4,9 +4,8 @@ encode. One object, one ``Dataset.map`` pass; intermediate images stay in memory
 from __future__ import annotations
 
 import io
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 from PIL import Image
@@ -21,7 +20,7 @@ from ..transforms import (
     RecombinationStage,
     SegmentationStage,
 )
-from ..transforms.base import SKIP_COLUMN
+from ..transforms.base import SKIP_COLUMN, ThreadPool
 from .features import FEATURES, IMAGE_COLUMNS
 
 
@@ -43,24 +42,20 @@ class RelightPipeline:
         self.config = config
         self.stages = [cls(config, device) for cls in (LoadStage, SegmentationStage, NormalsStage, AlbedoStage,
                                                       DegradationStage, RecombinationStage, InstructionStage)]
-        self.encode_threads = encode_threads or min(8, os.cpu_count() or 1)
+        self.encoder = ThreadPool(encode_threads)
         self.encode_seconds = 0.0
-        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def timings(self) -> dict[str, float]:
         return {**{stage.name: stage.seconds for stage in self.stages}, "encode": self.encode_seconds}
 
-    def __getstate__(self):  # the thread pool does not pickle (multi-process map); workers make their own
-        return {**self.__dict__, "_executor": None}
-
     def _encode(self, columns: dict[str, list]) -> dict[str, list]:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="png")
-        level = self.config.output.png_compress_level
-        jobs = {name: [self._executor.submit(encode_png, a, level) if a is not None else None for a in values]
-                for name, values in columns.items()}
-        return {name: [f.result() if f is not None else None for f in futures] for name, futures in jobs.items()}
+        """Every image of every column PNG-encoded on the thread pool (zlib releases the GIL)."""
+        names = list(columns)
+        flat = [array for name in names for array in columns[name]]
+        encode = partial(encode_png, compress_level=self.config.output.png_compress_level)
+        encoded = iter(self.encoder.map(lambda a: encode(a) if a is not None else None, flat))
+        return {name: [next(encoded) for _ in columns[name]] for name in names}
 
     def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:
         batch = dict(batch)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .color import lab_to_rgb, rgb_to_lab
+from .color import lab_to_rgb, luminance, rgb_to_lab
 from .filters import gaussian_blur
 
 RETINEX_EPS = 1.0 / 255.0
@@ -61,12 +61,30 @@ def multi_scale_retinex(
 
 
 def retinex_albedo(
-    image: torch.Tensor, mask: torch.Tensor, scales: list[float] | tuple[float, ...], color_balance_percent: float
+    image: torch.Tensor, mask: torch.Tensor, scales: list[float] | tuple[float, ...], color_balance_percent: float,
+    color: str = "luminance",
 ) -> torch.Tensor:
-    """Mask-aware multi-scale Retinex followed by a ``color_balance_percent`` % per-channel stretch over the mask.
-    ``B x 3 x H x W`` in [0, 1] -> albedo in [0, 1], zero outside the mask."""
-    response = multi_scale_retinex(image, mask, scales)
-    return stretch_to_unit(response, mask, color_balance_percent) * mask
+    """Mask-aware multi-scale Retinex albedo. ``B x 3 x H x W`` in [0, 1] -> albedo in [0, 1], zero outside the mask.
+
+    ``color="channels"`` is the seed's way: Retinex on R, G and B independently, then a ``color_balance_percent`` %
+    per-channel stretch. It greys out colours and maps every person to the same lightness (dark skin comes out
+    light). ``color="luminance"`` (default) computes the reflectance ``L / illumination = exp(MSR(L))`` on the
+    luminance, rescales it so its median over the mask equals the input's (each person keeps their overall skin
+    tone; only the spatial variation of the light is removed), and applies that per-pixel gain to R, G and B
+    alike, so hue and saturation are kept. ``color_balance_percent`` is used by ``channels`` only.
+    """
+    if color == "channels":
+        return stretch_to_unit(multi_scale_retinex(image, mask, scales), mask, color_balance_percent) * mask
+    if color != "luminance":
+        raise ValueError(f"unknown Retinex colour mode {color!r} (valid: luminance, channels)")
+    intensity = luminance(image)
+    reflectance = torch.exp(multi_scale_retinex(intensity, mask, scales))
+    median = torch.tensor([0.5], device=image.device)
+    level = masked_quantiles(intensity, mask, median) / masked_quantiles(reflectance, mask, median).clamp_min(1e-6)
+    target = reflectance * level[..., None]
+    gain = target / intensity.clamp_min(RETINEX_EPS)
+    headroom = 1.0 / image.amax(dim=1, keepdim=True).clamp_min(RETINEX_EPS)  # keep every channel <= 1
+    return (image * torch.minimum(gain, headroom)).clamp(0, 1) * mask
 
 
 def bilateral_filter(

@@ -1,8 +1,8 @@
 """Separable Gaussian blurs that stay fast at large sigma (sigma 250 on 1024 x 1024).
 
-A blur with sigma ``s`` is computed on a copy area-downsampled by ``f`` (so the blur there has sigma ``s / f``, at
-least ``MIN_WORKING_SIGMA`` pixels), as two matrix products with a precomputed band matrix, then upsampled
-bilinearly. The work is ``O(H W (H + W) / f^3)`` whatever the sigma. Borders use zero padding with renormalisation,
+A blur with sigma ``s`` is computed on a copy area-downsampled by ``f`` (so the blur there has sigma ``s / f``,
+between ``MIN_WORKING_SIGMA`` and twice that), as a separable convolution with at most ``8 s / f + 1`` taps, then
+upsampled bilinearly: the work is ``O(H W)`` whatever the sigma. Borders use zero padding with renormalisation,
 i.e. the result is the weighted mean over the pixels that exist (and, with a mask, over the pixels inside it).
 """
 
@@ -14,18 +14,16 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-MIN_WORKING_SIGMA = 4.0
+MIN_WORKING_SIGMA = 3.0
 """Smallest sigma (pixels) the blur is evaluated at after downsampling; larger means more accurate, slower."""
 
 
 @lru_cache(maxsize=64)
-def _gaussian_band_matrix(size: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """``size x size`` matrix ``K`` with ``K[i, j] = exp(-(i - j)^2 / (2 sigma^2))``, truncated at 4 sigma."""
-    index = torch.arange(size, dtype=torch.float64)
-    distance = index[:, None] - index[None, :]
-    kernel = torch.exp(-0.5 * (distance / sigma) ** 2)
-    kernel[distance.abs() > 4 * sigma] = 0
-    return kernel.to(device=device, dtype=dtype)
+def _gaussian_taps(sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """Unnormalised 1-D Gaussian ``exp(-d^2 / (2 sigma^2))`` for ``|d| <= 4 sigma``."""
+    radius = max(1, math.ceil(4 * sigma))
+    distance = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    return torch.exp(-0.5 * (distance / sigma) ** 2).to(device=device, dtype=dtype)
 
 
 def _downsample_factor(sigma: float, height: int, width: int) -> int:
@@ -34,12 +32,16 @@ def _downsample_factor(sigma: float, height: int, width: int) -> int:
 
 
 def _blur_sum(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Unnormalised separable Gaussian sum over zero-padded ``x`` (``B x C x H x W``)."""
-    _, _, h, w = x.shape
-    dev = str(x.device)
-    kh = _gaussian_band_matrix(h, sigma, dev, x.dtype)
-    kw = _gaussian_band_matrix(w, sigma, dev, x.dtype)
-    return kh @ x @ kw
+    """Unnormalised separable Gaussian sum over zero-padded ``x`` (``B x C x H x W``), as depthwise convolutions
+    (every plane its own group: much faster on CPU than one single-channel convolution over a stacked batch)."""
+    b, c, h, w = x.shape
+    planes = b * c
+    taps = _gaussian_taps(sigma, str(x.device), x.dtype)
+    radius = (taps.numel() - 1) // 2
+    flat = x.reshape(1, planes, h, w)
+    flat = F.conv2d(flat, taps.view(1, 1, -1, 1).expand(planes, 1, -1, 1), padding=(radius, 0), groups=planes)
+    flat = F.conv2d(flat, taps.view(1, 1, 1, -1).expand(planes, 1, 1, -1), padding=(0, radius), groups=planes)
+    return flat.reshape(b, c, h, w)
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float, mask: torch.Tensor | None = None) -> torch.Tensor:

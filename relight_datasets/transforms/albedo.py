@@ -27,7 +27,8 @@ class AlbedoStage(Stage):
             mask = (uint8_to_float([masks[r] for r in group], device) > 0.5).float()
             scale = self.scale(h, w)
             if cfg.method == "retinex":
-                albedo = retinex_albedo(image, mask, [s * scale for s in cfg.retinex_scales], cfg.color_balance_percent)
+                albedo = retinex_albedo(image, mask, [s * scale for s in cfg.retinex_scales], cfg.color_balance_percent,
+                                        cfg.retinex_color)
             else:
                 albedo = lab_albedo(image, mask, cfg.bilateral_diameter, cfg.bilateral_sigma_color,
                                     cfg.bilateral_sigma_space * scale, cfg.color_balance_percent)

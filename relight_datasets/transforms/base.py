@@ -9,9 +9,11 @@ A row whose ``skip_reason`` is non-empty is passed through untouched (its output
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -56,6 +58,26 @@ def group_by_shape(arrays: list[np.ndarray | None], rows: Iterable[int]) -> dict
     for row in rows:
         groups[arrays[row].shape[:2]].append(row)
     return dict(groups)
+
+
+class ThreadPool:
+    """A lazily started thread pool that survives pickling and forking (``Dataset.map`` with ``num_proc``): each
+    process starts its own threads on first use. For work that releases the GIL (OpenCV, zlib)."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or min(8, os.cpu_count() or 1)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid = 0
+
+    def __getstate__(self):
+        return {"threads": self.threads, "_executor": None, "_pid": 0}
+
+    def map(self, function: Callable, items: list) -> list:
+        """``[function(item) for item in items]``, run on the pool's threads, results in order."""
+        if self._executor is None or self._pid != os.getpid():
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="relight")
+            self._pid = os.getpid()
+        return list(self._executor.map(function, items))
 
 
 class Stage:

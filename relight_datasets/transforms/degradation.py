@@ -32,6 +32,7 @@ class LightingDraw:
     ambient: float
     pattern: dict | None = None
     specular: dict | None = None
+    exposure: float | None = None
     pattern_generator_state: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -40,8 +41,8 @@ class LightingDraw:
 
     def params(self) -> dict:
         """The ``degradation_params`` record: every drawn value not stored in its own column."""
-        return {"elevation_deg": self.elevation_deg, "azimuth_deg": self.azimuth_deg, "pattern": self.pattern,
-                "specular": self.specular}
+        return {"elevation_deg": self.elevation_deg, "azimuth_deg": self.azimuth_deg, "exposure": self.exposure,
+                "pattern": self.pattern, "specular": self.specular}
 
 
 def _draw_pattern(generator: torch.Generator, cfg: PatternConfig) -> dict | None:
@@ -97,12 +98,26 @@ def shadow_factor(draw: LightingDraw, height: int, width: int, reference_resolut
     return 1 - pattern_cfg["opacity"] * pattern.clamp(0, 1)
 
 
+MAX_EXPOSURE = 1.6
+"""Upper bound of the exposure compensation (reached only when the light barely reaches the person)."""
+
+
 def relight(albedo: torch.Tensor, normals: torch.Tensor, mask: torch.Tensor, draws: list[LightingDraw],
-            reference_resolution: int) -> torch.Tensor:
-    """Albedo under the drawn lights: ``albedo * shading * shadow + specular`` inside the mask, 0 outside.
-    ``albedo``: ``B x 3 x H x W``; ``normals``: unit ``B x 3 x H x W``; ``mask``: ``B x 1 x H x W``."""
+            reference_resolution: int) -> tuple[torch.Tensor, list[float]]:
+    """Albedo under the drawn lights: ``albedo * exposure * shading * shadow + specular`` inside the mask, 0 outside.
+
+    ``exposure = 1 / mean(shading over the mask)`` (at most ``MAX_EXPOSURE``) keeps the person's overall brightness
+    that of the input, so the pair differs in the direction and shape of the light, not in exposure; shadow
+    patterns still darken where they fall. ``albedo``: ``B x 3 x H x W``; ``normals``: unit ``B x 3 x H x W``;
+    ``mask``: ``B x 1 x H x W``. Returns the relit images and each image's exposure factor.
+    """
     _, _, h, w = albedo.shape
     shading = lambertian_shading(normals, [d.light for d in draws], [d.ambient for d in draws])
+    # float64 sums, rounded: a float32 sum over a megapixel depends on how the reduction is split (batch size)
+    area = mask.double().sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    lit_area = (shading.double() * mask.double()).sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    exposure = torch.round((area / lit_area).clamp(1.0, MAX_EXPOSURE), decimals=6)
+    shading = shading * exposure.to(shading.dtype)
     shadows = [shadow_factor(d, h, w, reference_resolution, albedo.device) if d.pattern else torch.ones_like(mask[:1])
                for d in draws]
     lit = albedo * shading * torch.cat(shadows)
@@ -110,7 +125,7 @@ def relight(albedo: torch.Tensor, normals: torch.Tensor, mask: torch.Tensor, dra
         intensity = [d.specular["intensity"] if d.specular else 0.0 for d in draws]
         shininess = [d.specular["shininess"] if d.specular else 1.0 for d in draws]
         lit = lit + phong_specular(normals, [d.light for d in draws], intensity, shininess)
-    return lit.clamp(0, 1) * mask
+    return lit.clamp(0, 1) * mask, exposure.flatten().tolist()
 
 
 class DegradationStage(Stage):
@@ -130,9 +145,11 @@ class DegradationStage(Stage):
             albedo = uint8_to_float([albedos[r] for r in group], device)
             normals = decode_normals(uint8_to_float([to_uint8_array(batch["normals"][r]) for r in group], device))
             mask = (uint8_to_float([to_uint8_array(batch["mask"][r]) for r in group], device) > 0.5).float()
-            degraded = relight(albedo, normals, mask, [draws[r] for r in group], self.config.reference_resolution)
-            for row, encoded in zip(group, float_to_uint8(degraded), strict=True):
+            degraded, exposures = relight(albedo, normals, mask, [draws[r] for r in group],
+                                          self.config.reference_resolution)
+            for row, encoded, exposure in zip(group, float_to_uint8(degraded), exposures, strict=True):
                 draw = draws[row]
+                draw.exposure = exposure
                 outputs["degraded"][row] = encoded
                 outputs["degradation_type"][row] = draw.degradation_type
                 outputs["light_direction"][row] = list(draw.light)

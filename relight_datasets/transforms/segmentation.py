@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..ops.classical_segmentation import segment_person_classical
 from ..rng import row_seed
-from .base import Stage, to_uint8_array
+from .base import Stage, ThreadPool, to_uint8_array
 
 SEGMENTERS = ("auto", "classical")
 
@@ -20,16 +20,22 @@ class SegmentationStage(Stage):
     name = "segmentation"
     outputs = ("mask", "segmentation_method", "segmentation_score", "mask_coverage")
 
+    def __init__(self, config, device="cpu"):
+        super().__init__(config, device)
+        self.pool = ThreadPool()  # GrabCut releases the GIL: one image per core
+
+    def _segment_classical(self, image_and_id):
+        image, image_id = image_and_id
+        cfg = self.config.segmentation.classical
+        return segment_person_classical(
+            to_uint8_array(image), work_size=cfg.work_size, grabcut_iterations=cfg.grabcut_iterations,
+            seed=row_seed(self.config.seed, image_id, self.name) % (2**31),
+        )
+
     def process(self, batch, rows, outputs, skip, rank):
         cfg = self.config.segmentation
-        for row in rows:
-            image = to_uint8_array(batch["input"][row])
-            result = segment_person_classical(
-                image,
-                work_size=cfg.classical.work_size,
-                grabcut_iterations=cfg.classical.grabcut_iterations,
-                seed=row_seed(self.config.seed, batch["image_id"][row], self.name) % (2**31),
-            )
+        results = self.pool.map(self._segment_classical, [(batch["input"][r], batch["image_id"][r]) for r in rows])
+        for row, result in zip(rows, results, strict=True):
             coverage = 0.0 if result is None else float((result.mask > 127).mean())
             if result is None or coverage < cfg.min_coverage:
                 skip[row] = "no_person"

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Benchmark the build: per-stage and end-to-end images/s, optionally next to the seed's per-image reference.
+
+Both run on the same images (copied from --images, cycled to -n, resized to --resolution squared), in one run:
+
+    python scripts/bench.py -n 24 --resolution 1024 --reference ../shared/bench/seed_reference.py --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from relight_datasets import __version__
+from relight_datasets.builder.build import BuildOptions, build_dataset
+from relight_datasets.config import load_config
+
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "faces"
+STAGES = ("decode", "segmentation", "normals", "albedo", "degradation", "recombination", "encode", "write")
+
+
+def prepare_images(source: Path, count: int, resolution: int, target: Path) -> list[Path]:
+    """``count`` images from ``source`` (cycled), resized to ``resolution`` squared, saved as PNG in ``target``."""
+    paths = sorted(p for p in source.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+    if not paths:
+        sys.exit(f"bench: no images in {source}")
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(count):
+        image = Image.open(paths[index % len(paths)]).convert("RGB").resize((resolution, resolution), Image.BICUBIC)
+        path = target / f"{index:05d}.png"
+        image.save(path, compress_level=1)
+        written.append(path)
+    return written
+
+
+def run_reference(script: Path, images: Path, resolution: int, work: Path) -> float:
+    """Images/s of the seed's per-image reference on ``images`` (its own printed figure)."""
+    result = subprocess.run(
+        [sys.executable, str(script), "--images", str(images), "--out", str(work / "reference-out"),
+         "--size", str(resolution)], capture_output=True, text=True, check=True,
+    )
+    match = re.search(r"\(([\d.]+) img/s\)", result.stdout)
+    if not match:
+        sys.exit(f"bench: could not read the reference's output: {result.stdout[-500:]}")
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of portraits (default: fixtures)")
+    parser.add_argument("-n", "--num-images", type=int, default=24)
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--preset", default="mvp")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--reference", type=Path, default=None, help="path to seed_reference.py to run alongside")
+    parser.add_argument("--json", type=Path, default=None, help="also save the results here")
+    args = parser.parse_args()
+
+    config = load_config(args.preset, overrides=[*args.overrides, f"resolution={args.resolution}"])
+    with tempfile.TemporaryDirectory(prefix="relight-bench-") as tmp:
+        work = Path(tmp)
+        prepare_images(args.images, args.num_images, args.resolution, work / "images")
+        started = time.perf_counter()
+        report = build_dataset(
+            BuildOptions(source=f"folder:{work / 'images'}", out=work / "dataset", batch_size=args.batch_size,
+                         device=args.device, progress=False), config)
+        wall = time.perf_counter() - started
+        reference = run_reference(args.reference, work / "images", args.resolution, work) if args.reference else None
+
+    n = report["attempted"]
+    results = {
+        "images": n, "processed": report["processed"], "resolution": args.resolution, "batch_size": args.batch_size,
+        "device": report["device"], "dtype": "float32", "preset": args.preset, "threads": torch.get_num_threads(),
+        "versions": {"relight_datasets": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "stage_seconds": {k: report["timings"].get(k, 0.0) for k in STAGES},
+        "end_to_end_seconds": round(wall, 3),
+        "end_to_end_images_per_second": round(n / wall, 3),
+        "reference_images_per_second": reference,
+        "speedup_vs_reference": round(n / wall / reference, 2) if reference else None,
+    }
+    print(f"relight-datasets {__version__} | torch {torch.__version__} | device {results['device']} | float32 | "
+          f"batch {args.batch_size} | {n} images at {args.resolution}x{args.resolution} | {results['threads']} threads")
+    print(f"{'stage':<16}{'seconds':>10}{'images/s':>12}{'share':>9}")
+    for stage, seconds in results["stage_seconds"].items():
+        rate = f"{n / seconds:.2f}" if seconds > 0 else "-"
+        print(f"{stage:<16}{seconds:>10.2f}{rate:>12}{seconds / wall:>8.0%}")
+    print(f"{'end to end':<16}{wall:>10.2f}{n / wall:>12.2f}{1:>8.0%}")
+    if reference:
+        print(f"{'seed reference':<16}{n / reference:>10.2f}{reference:>12.2f}")
+        print(f"speed-up vs the seed reference (images/s ratio): {results['speedup_vs_reference']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
