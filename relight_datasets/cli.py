@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -38,14 +39,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normals", choices=NORMAL_ESTIMATORS, default=None, help="config: normals.method")
     parser.add_argument("--background", choices=("original", "gray", "black"), default=None,
                         help="background behind the relit person (config: recombination.background)")
+    parser.add_argument("--splits", default="train=1",
+                        help="split fractions by a stable hash of image_id, e.g. train=0.9,validation=0.05,test=0.05 "
+                        "(default: all train)")
+    parser.add_argument("--chunk-size", type=int, default=256,
+                        help="rows per resumable unit of work (default %(default)s)")
+    parser.add_argument("--image-format", choices=("png", "webp", "jpeg"), default=None,
+                        help="encoding of the photo columns; mask and normals stay PNG (config: output.image_format)")
+    parser.add_argument("--image-quality", type=int, default=None,
+                        help="webp/jpeg quality 1-100 (config: output.image_quality, default 95)")
+    parser.add_argument("--max-shard-size", default="500MB", help="target Parquet shard size (default %(default)s)")
+    parser.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
+                        help="upload the finished dataset to this Hub dataset repo and tag it with the dataset version")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--revision", default=None, help="Hub branch to push to (created if missing)")
+    parser.add_argument("--force-push", action="store_true", help="push even if the dataset version is already tagged")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def parse_size(text: str) -> int:
+    """``"500MB"``, ``"2GiB"``, ``"750k"`` or plain bytes -> bytes (K/M/G are powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*", text.lower())
+    if not match:
+        raise ValueError(f"--max-shard-size {text!r}: expected a size like 500MB or 2GB")
+    value = float(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
+    if value < 1024:
+        raise ValueError(f"--max-shard-size {text!r}: must be at least 1KB")
+    return int(value)
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
     """Dedicated flags become config overrides (applied after --set, so the flag wins)."""
     pairs = {"seed": args.seed, "resolution": args.resolution, "segmentation.method": args.segmenter,
-             "normals.method": args.normals, "recombination.background": args.background}
+             "normals.method": args.normals, "recombination.background": args.background,
+             "output.image_format": args.image_format, "output.image_quality": args.image_quality}
     return [f"{key}={value}" for key, value in pairs.items() if value is not None]
 
 
@@ -60,33 +88,58 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:
         return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.chunk_size < 1:
+        return _fail(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    from .builder.splits import SplitError, parse_splits
+
     try:
         config = load_config(args.preset, args.config, [*args.overrides, *_flag_overrides(args)])
-    except ConfigError as error:
+        splits = parse_splits(args.splits)
+        max_shard_bytes = parse_size(args.max_shard_size)
+    except (ConfigError, SplitError, ValueError) as error:
         return _fail(str(error))
 
     import torch
 
     from .builder.build import BuildOptions, OutputError, build_dataset
+    from .builder.hub import PushError, push_to_hub
     from .builder.sources import SourceError
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
     options = BuildOptions(source=args.source, out=args.out, limit=args.limit, batch_size=args.batch_size,
-                           device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+                           device=args.device, overwrite=args.overwrite, progress=not args.quiet,
+                           chunk_size=args.chunk_size, splits=splits, max_shard_bytes=max_shard_bytes)
     try:
         report = build_dataset(options, config)
     except (SourceError, OutputError) as error:
         return _fail(str(error))
+    if report.get("already_complete"):
+        print(f"relight-build: {args.out} already holds this build ({report['processed']} rows, config "
+              f"{report['config_fingerprint']}); nothing to do (--overwrite rebuilds it)")
+    else:
+        _print_summary(args, report)
+    if args.push_to_hub:
+        try:
+            url = push_to_hub(args.out, args.push_to_hub, private=args.private, revision=args.revision,
+                              allow_existing_version=args.force_push)
+        except PushError as error:
+            return _fail(str(error))
+        print(f"relight-build: pushed to {url} (tag v{report['version']})")
+    return 0
+
+
+def _print_summary(args: argparse.Namespace, report: dict) -> None:
     skipped = ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()) or "none"
+    splits = ", ".join(f"{name} {count}" for name, count in report["splits"].items())
+    resumed = f", {report['resumed_rows']} resumed from an earlier run" if report["resumed_rows"] else ""
     print(
         f"relight-build: {report['processed']} of {report['attempted']} images processed "
-        f"(skipped: {skipped}) in {report['wall_seconds']:.1f} s, {report['images_per_second']:.2f} images/s "
-        f"on {report['device']}\n"
+        f"(skipped: {skipped}; splits: {splits}{resumed}) in {report['wall_seconds']:.1f} s, "
+        f"{report['images_per_second']:.2f} images/s on {report['device']}\n"
         f"relight-build: dataset written to {args.out.resolve()} "
         f"(load it with datasets.load_dataset({str(args.out)!r}))"
     )
-    return 0
 
 
 if __name__ == "__main__":

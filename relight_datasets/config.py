@@ -128,6 +128,8 @@ class OutputConfig:
     license: str = "other"
     preview_rows: int = 6
     png_compress_level: int = 1
+    image_format: Literal["png", "webp", "jpeg"] = "png"
+    image_quality: int = 95
 
 
 @dataclass
@@ -281,6 +283,7 @@ def validate(config: BuildConfig) -> BuildConfig:
     if out.preview_rows < 0:
         raise ConfigError(f"output.preview_rows: must not be negative, got {out.preview_rows}")
     _check_unit_range("output.png_compress_level", out.png_compress_level, 0, 9)
+    _check_unit_range("output.image_quality", out.image_quality, 1, 100)
     if len(out.dataset_version.split(".")) != 3 or not all(p.isdigit() for p in out.dataset_version.split(".")):
         raise ConfigError(
             f"output.dataset_version: must be a semantic version MAJOR.MINOR.PATCH, got {out.dataset_version}"

@@ -1,43 +1,52 @@
-"""Build a Hub-layout dataset folder from a source: the orchestrator behind ``scripts/build.py``.
+"""Resumable, sharded builds of a Hub-layout dataset folder: the orchestrator behind ``scripts/build.py``.
+
+Work is cut into chunks of ``chunk_size`` source rows. Each finished chunk is written to ``OUT/.work/`` as a Parquet
+file and then a stats file, each under a temporary name renamed into place, so a chunk is either complete or absent
+(``kill -9`` at any moment loses at most the chunk in progress). Re-running the same command resumes: finished chunks
+are skipped and the result is row for row that of an uninterrupted build. Once every chunk is done the rows are
+streamed into ``data/<split>-NNNNN-of-NNNNN.parquet`` shards, and the card, preview and report are written.
 
 Output folder::
 
-    README.md                         dataset card (YAML metadata: features, version, config, fingerprint)
-    data/train-00000-of-00001.parquet rows (images PNG-encoded inside the Parquet)
+    README.md                         dataset card (YAML: features, splits, version, config, fingerprint)
+    data/<split>-NNNNN-of-NNNNN.parquet
     preview.png                       contact sheet of the first rows
-    build_report.json                 counts, skip reasons, methods, timings, version, fingerprint
+    build_report.json                 counts, skip reasons (with ids), methods, timings, version, fingerprint
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-from datasets import Dataset, Features, Value
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import BuildConfig
 from ..transforms.base import SKIP_COLUMN
 from .card import build_card
+from .chunks import ChunkProcessor, chunk_stats
 from .features import FEATURES, METHOD_COLUMNS
-from .pipeline import RelightPipeline
 from .preview import contact_sheet
 from .sources import open_source
 
-SPLIT = "train"
-TARGET_SHARD_BYTES = 500 * 1024 * 1024
 WORK_DIR = ".work"
-MAPPED_FEATURES = Features({**FEATURES, SKIP_COLUMN: Value("string")})
+MANIFEST = "manifest.json"
+REPORT = "build_report.json"
+ROW_GROUP_ROWS = 32
 
 
 class OutputError(ValueError):
-    """The output folder cannot be used (e.g. it holds a previous build and --overwrite was not given)."""
+    """The output folder cannot be used as asked (one line, exit code 2)."""
 
 
 @dataclass
@@ -49,96 +58,221 @@ class BuildOptions:
     device: str = "auto"
     overwrite: bool = False
     progress: bool = True
+    chunk_size: int = 256
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 1.0})
+    max_shard_bytes: int = 500 * 1024 * 1024
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def build_identity(options: BuildOptions, config: BuildConfig) -> dict:
+    """What must match for a re-run to resume (or to count as already done) instead of being refused."""
+    return {"config_fingerprint": config.fingerprint(), "source": options.source, "limit": options.limit,
+            "chunk_size": options.chunk_size, "splits": options.splits}
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(temporary_path)``, then rename into ``path``: readers see the whole file or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def _describe(identity: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in identity.items())
+
+
+def _prepare_out(out: Path, identity: dict, overwrite: bool) -> str:
+    """``"fresh"``, ``"resume"`` or ``"complete"`` for this build in ``out``; refuses anything else."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputError(f"--out {out}: folder is not empty; pass --overwrite to replace it")
+    if overwrite and out.is_dir():
         for name in ("data", WORK_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("README.md", "preview.png", "build_report.json"):
+        for name in ("README.md", "preview.png", REPORT):
             (out / name).unlink(missing_ok=True)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    manifest, report = out / WORK_DIR / MANIFEST, out / REPORT
+    for path, state in ((manifest, "resume"), (report, "complete")):
+        if path.is_file():
+            previous = json.loads(path.read_text()).get("identity")
+            if previous == identity:
+                return state
+            raise OutputError(
+                f"--out {out} holds a build with other settings ({_describe(previous or {})}); "
+                f"this run has {_describe(identity)}. Use another --out, or --overwrite to replace it"
+            )
+    if out.is_dir() and any(out.iterdir()):
+        raise OutputError(f"--out {out}: folder is not empty and holds no build of this tool; pass --overwrite")
+    return "fresh"
 
 
-def _write_shards(rows: Dataset, data_dir: Path) -> list[str]:
-    """Parquet shards named ``<split>-NNNNN-of-NNNNN.parquet`` near ``TARGET_SHARD_BYTES`` each."""
-    num_shards = max(1, math.ceil(rows.data.nbytes / TARGET_SHARD_BYTES)) if len(rows) else 1
-    names = []
-    for index in range(num_shards):
-        name = f"{SPLIT}-{index:05d}-of-{num_shards:05d}.parquet"
-        shard = rows.shard(num_shards, index, contiguous=True)
-        tmp = data_dir / f".{name}.tmp"
-        shard.to_parquet(str(tmp))
-        tmp.rename(data_dir / name)
-        names.append(name)
-    return names
+def _chunk_paths(work: Path, index: int) -> tuple[Path, Path]:
+    return work / f"chunk-{index:05d}.parquet", work / f"chunk-{index:05d}.json"
+
+
+class _SplitShards:
+    """Writes one split's rows into shards of at most about ``max_bytes`` (row groups of ``ROW_GROUP_ROWS``), under
+    temporary names; :meth:`finish` renames them ``<split>-NNNNN-of-NNNNN.parquet`` once their number is known."""
+
+    def __init__(self, name: str, data_dir: Path, max_bytes: int):
+        self.name, self.data_dir, self.max_bytes = name, data_dir, max_bytes
+        self.schema = FEATURES.arrow_schema
+        self.paths: list[Path] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.written = 0
+        self.pending: list[pa.Table] = []
+        self.pending_bytes = 0
+
+    def _flush(self) -> None:
+        if self.pending:
+            if self.writer is None:
+                self.paths.append(self.data_dir / f".{self.name}-{len(self.paths):05d}.parquet.partial")
+                self.writer = pq.ParquetWriter(self.paths[-1], self.schema)
+            self.writer.write_table(pa.concat_tables(self.pending).cast(self.schema))
+            self.written += self.pending_bytes
+            self.pending, self.pending_bytes = [], 0
+
+    def _close_shard(self) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer, self.written = None, 0
+
+    def add(self, rows: pa.Table) -> None:
+        for index in range(len(rows)):
+            row = rows.slice(index, 1)
+            if self.written + self.pending_bytes and self.written + self.pending_bytes + row.nbytes > self.max_bytes:
+                self._close_shard()
+            self.pending.append(row)
+            self.pending_bytes += row.nbytes
+            if len(self.pending) >= ROW_GROUP_ROWS:
+                self._flush()
+
+    def finish(self) -> list[str]:
+        self._close_shard()
+        if not self.paths:  # an empty split still gets one (empty) shard, so load_dataset lists it
+            self.paths.append(self.data_dir / f".{self.name}-00000.parquet.partial")
+            pq.write_table(self.schema.empty_table(), self.paths[0])
+        names = [f"{self.name}-{i:05d}-of-{len(self.paths):05d}.parquet" for i in range(len(self.paths))]
+        for path, name in zip(self.paths, names, strict=True):
+            os.replace(path, self.data_dir / name)
+        return names
+
+
+def _write_shards(work: Path, chunks: int, data_dir: Path, splits: dict[str, float], max_bytes: int) -> list[str]:
+    """Stream the kept rows of every chunk, in order, into each split's shards. Memory: one row group at a time."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shards = {name: _SplitShards(name, data_dir, max_bytes) for name in splits}
+    columns = FEATURES.arrow_schema.names
+    for index in range(chunks):
+        for batch in pq.ParquetFile(_chunk_paths(work, index)[0]).iter_batches(batch_size=ROW_GROUP_ROWS):
+            table = pa.Table.from_batches([batch])
+            kept = table.filter(pc.equal(table.column(SKIP_COLUMN), ""))
+            for name, writer in shards.items():
+                writer.add(kept.filter(pc.equal(kept.column("split"), name)).select(columns))
+    return [name for writer in shards.values() for name in writer.finish()]
+
+
+def _preview(out: Path, config: BuildConfig, splits: dict[str, float]) -> None:
+    """Contact sheet of the first rows of the first split."""
+    if config.output.preview_rows == 0:
+        return
+    first = sorted((out / "data").glob(f"{next(iter(splits))}-*.parquet"))
+    rows = []
+    for path in first:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=config.output.preview_rows):
+            rows.extend(batch.to_pylist()[: config.output.preview_rows - len(rows)])
+            if len(rows) >= config.output.preview_rows:
+                break
+        if len(rows) >= config.output.preview_rows:
+            break
+    if rows:
+        decoded = [FEATURES.decode_example(row) for row in rows]
+        contact_sheet(decoded).save(out / "preview.png")
+
+
+def _merge_stats(stats: list[dict]) -> dict:
+    merged: dict = {"attempted": 0, "processed": 0, "skipped_rows": [], "splits": Counter(), "split_bytes": Counter(),
+                    "timings": Counter(), "methods": {column: Counter() for column in METHOD_COLUMNS}}
+    for item in stats:
+        merged["attempted"] += item["attempted"]
+        merged["processed"] += item["processed"]
+        merged["skipped_rows"].extend(item["skipped_rows"])
+        for column in METHOD_COLUMNS:
+            merged["methods"][column].update(item["methods"][column])
+        merged["splits"].update(item["splits"])
+        merged["split_bytes"].update(item["split_bytes"])
+        merged["timings"].update(item["timings"])
+    return merged
 
 
 def build_dataset(options: BuildOptions, config: BuildConfig) -> dict:
-    """Run the pipeline over the source and write the dataset folder; returns the build report (also saved)."""
+    """Run (or resume) the build and write the dataset folder; returns the build report (also saved)."""
     started = time.perf_counter()
     out = Path(options.out)
-    _prepare_out(out, options.overwrite)
+    identity = build_identity(options, config)
+    state = _prepare_out(out, identity, options.overwrite)
+    if state == "complete":
+        report = json.loads((out / REPORT).read_text())
+        report["already_complete"] = True
+        return report
     work = out / WORK_DIR
-    work.mkdir(exist_ok=True)
-    if not options.progress:
-        datasets.disable_progress_bars()
+    work.mkdir(parents=True, exist_ok=True)
+    _write_json(work / MANIFEST, {"identity": identity, "package_version": __version__})
 
     source = open_source(options.source, options.limit, cache_dir=work / "source")
-    pipeline = RelightPipeline(config, options.device)
-    mapped = source.map(
-        pipeline,
-        batched=True,
-        batch_size=options.batch_size,
-        with_rank=True,
-        features=MAPPED_FEATURES,
-        remove_columns=["input"],
-        cache_file_name=str(work / "rows.arrow"),
-        writer_batch_size=max(options.batch_size, 16),
-        new_fingerprint=f"relight-{config.fingerprint()}-{len(source)}",
-        desc="Relighting",
-    )
-    reasons = mapped[SKIP_COLUMN]
-    kept_indices = [i for i, reason in enumerate(reasons) if not reason]
-    skipped_rows = [{"image_id": image_id, "reason": reason}
-                    for image_id, reason in zip(mapped["image_id"], reasons, strict=True) if reason]
-    rows = mapped.select(kept_indices).remove_columns([SKIP_COLUMN])
+    chunks = max(1, math.ceil(len(source) / options.chunk_size))
+    done = [index for index in range(chunks) if _chunk_paths(work, index)[1].is_file()]
+    resumed_rows = sum(json.loads(_chunk_paths(work, i)[1].read_text())["attempted"] for i in done)
+    processor = ChunkProcessor(config, options.splits, options.device, options.batch_size)
+    with tqdm(total=len(source), initial=resumed_rows, unit="img", desc="Relighting", disable=not options.progress,
+              dynamic_ncols=True) as bar:
+        for index in range(chunks):
+            table_path, stats_path = _chunk_paths(work, index)
+            if stats_path.is_file():
+                continue
+            before = dict(processor.pipeline.timings)
+            rows = source.select(range(index * options.chunk_size, min(len(source), (index + 1) * options.chunk_size)))
+            table = processor.process(rows, bar)
+            stats = chunk_stats(table)
+            stats["timings"] = {k: v - before.get(k, 0.0) for k, v in processor.pipeline.timings.items()}
+            _write_atomic(table_path, lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=ROW_GROUP_ROWS))
+            _write_json(stats_path, stats)
 
     write_started = time.perf_counter()
-    shards = _write_shards(rows, out / "data")
+    shutil.rmtree(out / "data", ignore_errors=True)
+    shards = _write_shards(work, chunks, out / "data", options.splits, options.max_shard_bytes)
     write_seconds = time.perf_counter() - write_started
+    _preview(out, config, options.splits)
 
-    preview_rows = [rows[i] for i in range(min(config.output.preview_rows, len(rows)))]
-    if preview_rows:
-        contact_sheet(preview_rows).save(out / "preview.png")
-
+    merged = _merge_stats([json.loads(_chunk_paths(work, i)[1].read_text()) for i in range(chunks)])
     wall = time.perf_counter() - started
+    processed_now = len(source) - resumed_rows
     report = {
-        "attempted": len(source),
-        "processed": len(rows),
-        "skipped": dict(sorted(Counter(r["reason"] for r in skipped_rows).items())),
-        "skipped_rows": skipped_rows,
-        "splits": {SPLIT: len(rows)},
-        "split_bytes": {SPLIT: rows.data.nbytes},
-        "methods": {column: dict(sorted(Counter(rows[column]).items())) for column in METHOD_COLUMNS},
-        "timings": {**{k: round(v, 3) for k, v in pipeline.timings.items()}, "write": round(write_seconds, 3)},
+        "attempted": merged["attempted"],
+        "processed": merged["processed"],
+        "skipped": dict(sorted(Counter(r["reason"] for r in merged["skipped_rows"]).items())),
+        "skipped_rows": merged["skipped_rows"],
+        "splits": {name: merged["splits"].get(name, 0) for name in options.splits},
+        "split_bytes": {name: merged["split_bytes"].get(name, 0) for name in options.splits},
+        "methods": {column: dict(sorted(counts.items())) for column, counts in merged["methods"].items()},
+        "timings": {**{k: round(v, 3) for k, v in merged["timings"].items()}, "write": round(write_seconds, 3)},
         "wall_seconds": round(wall, 3),
-        "images_per_second": round(len(source) / wall, 3) if wall > 0 else None,
+        "images_per_second": round(processed_now / wall, 3) if wall > 0 else None,
+        "resumed_rows": resumed_rows,
         "version": config.output.dataset_version,
         "package_version": __version__,
         "config_fingerprint": config.fingerprint(),
+        "identity": identity,
         "source": options.source,
         "models": {},
-        "device": str(pipeline.stages[0].device(None)),
+        "device": str(processor.pipeline.stages[0].device(None)),
         "batch_size": options.batch_size,
         "shards": [f"data/{name}" for name in shards],
     }
     build_card(config, report).save(out / "README.md")
-    (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    del mapped, rows, source
+    _write_json(out / REPORT, report)
     shutil.rmtree(work, ignore_errors=True)
     return report

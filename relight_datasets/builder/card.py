@@ -42,6 +42,8 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
         },
     )
     columns = "\n".join(f"| `{name}` | {COLUMN_DESCRIPTIONS[name]} |" for name in FEATURES)
+    splits_text = ", ".join(f"{name}: {count}" for name, count in report["splits"].items())
+    models_text = ", ".join(f"`{name}` ({rev})" for name, rev in report["models"].items()) or "none (classical stages)"
     skipped = "\n".join(f"- `{reason}`: {count}" for reason, count in report["skipped"].items()) or "- none"
     body = f"""
 # Relighting pairs
@@ -54,7 +56,8 @@ person in the same scene under different light.
 - dataset version: **{config.output.dataset_version}**
 - source: `{report["source"]}`
 - config fingerprint: `{report["config_fingerprint"]}` (the resolved config is in this card's YAML header)
-- rows: {report["processed"]} of {report["attempted"]} attempted
+- rows: {report["processed"]} of {report["attempted"]} attempted ({splits_text})
+- models: {models_text}
 
 Skipped inputs, by reason:
 {skipped}

@@ -23,11 +23,24 @@ from ..transforms import (
 from ..transforms.base import SKIP_COLUMN, ThreadPool
 from .features import FEATURES, IMAGE_COLUMNS
 
+LOSSLESS_COLUMNS = ("mask", "normals")
+"""Always PNG: they are data (a mask, a vector field), not photographs."""
 
-def encode_png(array: np.ndarray, compress_level: int) -> dict:
-    """uint8 ``H x W x 3`` (RGB) or ``H x W`` (mode L) -> ``{"bytes": PNG, "path": None}`` for ``datasets.Image``."""
+
+def encode_image(array: np.ndarray | None, image_format: str = "png", quality: int = 95,
+                 compress_level: int = 1) -> dict | None:
+    """uint8 ``H x W x 3`` (RGB) or ``H x W`` (mode L) -> ``{"bytes": ..., "path": None}`` for ``datasets.Image``;
+    ``image_format`` png (lossless), webp or jpeg (``quality`` 1-100). None stays None (a skipped row)."""
+    if array is None:
+        return None
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
+    image = Image.fromarray(array)
+    if image_format == "png":
+        image.save(buffer, format="PNG", compress_level=compress_level)
+    elif image_format == "webp":
+        image.save(buffer, format="WEBP", quality=quality, method=4)
+    else:
+        image.save(buffer, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
     return {"bytes": buffer.getvalue(), "path": None}
 
 
@@ -50,11 +63,15 @@ class RelightPipeline:
         return {**{stage.name: stage.seconds for stage in self.stages}, "encode": self.encode_seconds}
 
     def _encode(self, columns: dict[str, list]) -> dict[str, list]:
-        """Every image of every column PNG-encoded on the thread pool (zlib releases the GIL)."""
+        """Every image of every column encoded on the thread pool (the codecs release the GIL): masks and normals as
+        PNG, photo columns in ``output.image_format``."""
+        out = self.config.output
+        photo = partial(encode_image, image_format=out.image_format, quality=out.image_quality,
+                        compress_level=out.png_compress_level)
+        lossless = partial(encode_image, compress_level=out.png_compress_level)
         names = list(columns)
-        flat = [array for name in names for array in columns[name]]
-        encode = partial(encode_png, compress_level=self.config.output.png_compress_level)
-        encoded = iter(self.encoder.map(lambda a: encode(a) if a is not None else None, flat))
+        jobs = [(lossless if name in LOSSLESS_COLUMNS else photo, array) for name in names for array in columns[name]]
+        encoded = iter(self.encoder.map(lambda job: job[0](job[1]), jobs))
         return {name: [next(encoded) for _ in columns[name]] for name in names}
 
     def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:

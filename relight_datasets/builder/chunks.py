@@ -1,0 +1,88 @@
+"""Turning source rows into Arrow tables: the unit of work of both the resumable build and the ``datasets`` builder.
+
+A chunk's table has every dataset column plus ``split`` and ``skip_reason``; skipped rows keep their id and reason
+and have no images. Nothing in here touches the output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, Features, Value
+
+from ..config import BuildConfig
+from ..transforms.base import SKIP_COLUMN
+from .features import FEATURES, METHOD_COLUMNS
+from .pipeline import RelightPipeline
+from .splits import assign_split
+
+logger = logging.getLogger(__name__)
+
+CHUNK_FEATURES = Features({**FEATURES, "split": Value("string"), SKIP_COLUMN: Value("string")})
+PROCESSING_ERROR = "processing_error"
+
+
+class ChunkProcessor:
+    """Runs the pipeline over source rows; models and thread pools are created once and reused for every chunk."""
+
+    def __init__(self, config: BuildConfig, splits: dict[str, float], device: str = "auto", batch_size: int = 8):
+        self.config = config
+        self.splits = splits
+        self.batch_size = batch_size
+        self.pipeline = RelightPipeline(config, device)
+
+    def _failed_row(self, batch: dict[str, list], index: int) -> dict[str, list]:
+        row = {name: [None] for name in FEATURES}
+        row.update(image_id=[batch["image_id"][index]], source=[batch["source"][index]], seed=[self.config.seed])
+        row[SKIP_COLUMN] = [PROCESSING_ERROR]
+        return row
+
+    def _run(self, batch: dict[str, list]) -> dict[str, list]:
+        """The pipeline on a batch; if it raises, row by row, so one bad image costs only its own row."""
+        try:
+            return self.pipeline(batch)
+        except Exception:  # noqa: BLE001 - isolate the failing row below, never stop the build
+            logger.debug("batch failed, retrying row by row:\n%s", traceback.format_exc())
+        rows = []
+        for index in range(len(batch["image_id"])):
+            single = {name: values[index : index + 1] for name, values in batch.items()}
+            try:
+                rows.append(self.pipeline(single))
+            except Exception as error:  # noqa: BLE001
+                logger.warning("%s: skipped (%s: %s)", batch["image_id"][index], type(error).__name__, error)
+                rows.append(self._failed_row(batch, index))
+        return {name: [value for row in rows for value in row[name]] for name in rows[0]}
+
+    def process(self, rows: Dataset, progress=None) -> pa.Table:
+        """``rows``: source rows (``image_id``, ``source``, undecoded ``input``) -> a table of ``CHUNK_FEATURES``."""
+        tables = []
+        for start in range(0, len(rows), self.batch_size):
+            out = self._run(rows[start : start + self.batch_size])
+            out["split"] = [assign_split(image_id, self.splits) for image_id in out["image_id"]]
+            encoded = CHUNK_FEATURES.encode_batch({name: out[name] for name in CHUNK_FEATURES})
+            tables.append(pa.Table.from_pydict(encoded, schema=CHUNK_FEATURES.arrow_schema))
+            if progress is not None:
+                progress.update(len(out["image_id"]))
+        return pa.concat_tables(tables)
+
+
+def chunk_stats(table: pa.Table) -> dict:
+    """Counts for one chunk: attempted, processed, skips (with ids), methods, rows and bytes per split."""
+    skip = table.column(SKIP_COLUMN).to_pylist()
+    ids = table.column("image_id").to_pylist()
+    splits = table.column("split").to_pylist()
+    kept = [i for i, reason in enumerate(skip) if not reason]
+    kept_table = table.take(kept)
+    return {
+        "attempted": len(skip),
+        "processed": len(kept),
+        "skipped_rows": [{"image_id": ids[i], "reason": r} for i, r in enumerate(skip) if r],
+        "methods": {c: dict(Counter(kept_table.column(c).to_pylist())) for c in METHOD_COLUMNS},
+        "splits": dict(Counter(splits[i] for i in kept)),
+        "split_bytes": {name: kept_table.filter(pc.equal(kept_table.column("split"), name)).nbytes
+                        for name in set(splits[i] for i in kept)},
+    }
