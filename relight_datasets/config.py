@@ -37,7 +37,7 @@ Range = tuple[float, float]
 @dataclass
 class ClassicalSegmentationConfig:
     work_size: int = 192
-    grabcut_iterations: int = 4
+    grabcut_iterations: int = 2
 
 
 @dataclass

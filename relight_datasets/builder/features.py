@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datasets import Features, Image, List, Value
 
-IMAGE_COLUMNS = ("input", "mask", "albedo", "degraded", "composite", "normals")
+from ..transforms.base import IMAGE_COLUMNS
+
 METHOD_COLUMNS = ("segmentation_method", "normals_method", "albedo_method", "degradation_type")
 
 FEATURES = Features(

@@ -7,16 +7,21 @@ from .degradation import DegradationStage
 from .instruction import InstructionStage
 from .load import LoadStage
 from .normals import NormalsStage
+from .on_the_fly import Compose, PairedTransform, RelightBatch, RelightOnTheFly
 from .recombination import RecombinationStage
 from .segmentation import SegmentationStage
 
 __all__ = [
     "AlbedoStage",
+    "Compose",
     "DegradationStage",
     "InstructionStage",
     "LoadStage",
     "NormalsStage",
+    "PairedTransform",
     "RecombinationStage",
+    "RelightBatch",
+    "RelightOnTheFly",
     "SegmentationStage",
     "Stage",
 ]

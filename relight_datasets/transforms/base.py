@@ -22,6 +22,8 @@ from PIL import Image
 from ..config import BuildConfig
 
 SKIP_COLUMN = "skip_reason"
+IMAGE_COLUMNS = ("input", "mask", "albedo", "degraded", "composite", "normals")
+"""The dataset's image columns, in schema order."""
 
 
 def resolve_device(device: str | torch.device | None, rank: int | None = None) -> torch.device:
