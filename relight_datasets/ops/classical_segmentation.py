@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from functools import cache
 
 import cv2
 import numpy as np
@@ -51,7 +50,7 @@ _CASCADES: tuple[tuple[str, int, float], ...] = (
     ("haarcascade_profileface.xml", 4, 0.7),
 )
 _SCALE_FACTOR = 1.1
-_CASCADE_LOCK = threading.Lock()  # a CascadeClassifier must not run in two threads at once
+_THREAD_CASCADES = threading.local()  # a CascadeClassifier must not run in two threads at once: one per thread
 
 # Prior geometry, in face-box units: u = (x - face centre x) / face width, v = (y - face top) / face height.
 _INNER_FACE = (0.0, 0.52, 0.30, 0.40)  # definite foreground ellipse: centre u, centre v, semi-axis u, semi-axis v
@@ -100,13 +99,16 @@ def _validate_image(image: object) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-@cache
 def _cascade(name: str) -> cv2.CascadeClassifier:
-    path = os.path.join(cv2.data.haarcascades, name)
-    classifier = cv2.CascadeClassifier(path)
-    if classifier.empty():
-        raise RuntimeError(f"could not load the OpenCV Haar cascade {path}")
-    return classifier
+    """This thread's classifier for the bundled cascade ``name`` (loaded once per thread)."""
+    classifiers = _THREAD_CASCADES.__dict__.setdefault("classifiers", {})
+    if name not in classifiers:
+        path = os.path.join(cv2.data.haarcascades, name)
+        classifier = cv2.CascadeClassifier(path)
+        if classifier.empty():
+            raise RuntimeError(f"could not load the OpenCV Haar cascade {path}")
+        classifiers[name] = classifier
+    return classifiers[name]
 
 
 def _pick_face(boxes: np.ndarray, votes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int]:
@@ -138,10 +140,9 @@ def _detect_face(image: np.ndarray) -> tuple[tuple[int, int, int, int], float] |
         mirrored_views = (False, True) if "profile" in name else (False,)
         for mirrored in mirrored_views:
             view = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
-            with _CASCADE_LOCK:
-                boxes, votes = classifier.detectMultiScale2(
-                    view, scaleFactor=_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_side, min_side)
-                )
+            boxes, votes = classifier.detectMultiScale2(
+                view, scaleFactor=_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_side, min_side)
+            )
             if len(boxes) == 0:
                 continue
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
