@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -169,8 +168,6 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
         return value
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported union type")  # not used by the schema; guards future edits
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise ConfigError(f"{key}: expected a [low, high] pair, got {value!r}")
