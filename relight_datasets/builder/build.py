@@ -23,6 +23,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
@@ -179,15 +180,9 @@ def _preview(out: Path, config: BuildConfig, splits: dict[str, float]) -> None:
     """Contact sheet of the first rows of the first split."""
     if config.output.preview_rows == 0:
         return
-    first = sorted((out / "data").glob(f"{next(iter(splits))}-*.parquet"))
-    rows = []
-    for path in first:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=config.output.preview_rows):
-            rows.extend(batch.to_pylist()[: config.output.preview_rows - len(rows)])
-            if len(rows) >= config.output.preview_rows:
-                break
-        if len(rows) >= config.output.preview_rows:
-            break
+    shards = sorted((out / "data").glob(f"{next(iter(splits))}-*.parquet"))
+    batches = (batch for path in shards for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS))
+    rows = list(islice((row for batch in batches for row in batch.to_pylist()), config.output.preview_rows))
     if rows:
         decoded = [FEATURES.decode_example(row) for row in rows]
         contact_sheet(decoded).save(out / "preview.png")

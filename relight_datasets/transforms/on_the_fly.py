@@ -35,11 +35,11 @@ from ..ops.composite import background_plate, composite, feathered_alpha
 from ..ops.normals import decode_normals
 from ..rng import randint, row_generator, uniform
 from .base import IMAGE_COLUMNS, resolve_device, to_uint8_array
-from .degradation import LightingDraw, draw_lighting, relight
+from .degradation import DegradationStage, LightingDraw, draw_lighting, relight
 from .instruction import lighting_instruction
 
-DEGRADATION_STREAM = "degradation"
-"""The build's random stream for lighting (see :class:`~relight_datasets.transforms.DegradationStage`)."""
+DEGRADATION_STREAM = DegradationStage.name
+"""The build's random stream for lighting: the same name, so epoch 0 draws what the build drew."""
 AUGMENT_STREAM = "paired_transform"
 RELIT_COLUMNS = ("degraded", "composite", "degradation_type", "light_direction", "ambient", "degradation_params",
                  "instruction")
