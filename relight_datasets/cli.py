@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import re
 import sys
@@ -36,8 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="long side of the images, in pixels (config: resolution, default 1024)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    parser.add_argument("--segmenter", choices=SEGMENTERS, default=None, help="config: segmentation.method")
-    parser.add_argument("--normals", choices=NORMAL_ESTIMATORS, default=None, help="config: normals.method")
+    parser.add_argument("--num-processes", type=int, default=None,
+                        help="worker processes, one per GPU (default: every visible GPU when --device is auto or "
+                        "cuda, else 1); not with accelerate launch, which starts its own")
+    parser.add_argument("--segmenter", choices=SEGMENTERS, default=None,
+                        help="auto tries sam3, then sam2, then classical; the others force one and fail (exit 2) "
+                        "when its model cannot load (config: segmentation.method, default auto)")
+    parser.add_argument("--sam3-model", default=None, metavar="ID_OR_DIR",
+                        help="SAM3 checkpoint, Hub id or local folder (config: segmentation.sam3_model, default "
+                        "facebook/sam3)")
+    parser.add_argument("--sam2-model", default=None, metavar="ID_OR_DIR",
+                        help="SAM2 checkpoint (config: segmentation.sam2_model, default facebook/sam2.1-hiera-large)")
+    parser.add_argument("--detector-model", default=None, metavar="ID_OR_DIR",
+                        help="zero-shot detector giving SAM2 its person boxes; '' uses the face-prior box (config: "
+                        "segmentation.detector_model, default IDEA-Research/grounding-dino-tiny)")
+    parser.add_argument("--normals", choices=NORMAL_ESTIMATORS, default=None,
+                        help="auto uses depth when its model loads, else mask normals; depth forces it "
+                        "(config: normals.method, default auto)")
+    parser.add_argument("--depth-model", default=None, metavar="ID_OR_DIR",
+                        help="depth checkpoint for AutoModelForDepthEstimation (config: normals.depth_model, default "
+                        "depth-anything/Depth-Anything-V2-Small-hf)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                        help="model weights and activations; auto = bfloat16 on CUDA, float32 on CPU (config: dtype)")
     parser.add_argument("--background", choices=("original", "gray", "black"), default=None,
                         help="background behind the relit person (config: recombination.background)")
     parser.add_argument("--splits", default="train=1",
@@ -72,10 +94,14 @@ def parse_size(text: str) -> int:
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
     """Dedicated flags become config overrides (applied after --set, so the flag wins)."""
-    pairs = {"seed": args.seed, "resolution": args.resolution, "segmentation.method": args.segmenter,
-             "normals.method": args.normals, "recombination.background": args.background,
+    pairs = {"seed": args.seed, "resolution": args.resolution, "dtype": args.dtype,
+             "segmentation.method": args.segmenter, "segmentation.sam3_model": args.sam3_model,
+             "segmentation.sam2_model": args.sam2_model, "segmentation.detector_model": args.detector_model,
+             "normals.method": args.normals, "normals.depth_model": args.depth_model,
+             "recombination.background": args.background,
              "output.image_format": args.image_format, "output.image_quality": args.image_quality}
-    return [f"{key}={value}" for key, value in pairs.items() if value is not None]
+    # JSON is YAML: strings (paths, ids) stay strings whatever they look like.
+    return [f"{key}={json.dumps(value)}" for key, value in pairs.items() if value is not None]
 
 
 def _fail(message: str) -> int:
@@ -113,16 +139,33 @@ def _run(argv: list[str] | None) -> int:
     from .builder.build import BuildOptions, OutputError, build_dataset
     from .builder.hub import PushError, push_to_hub
     from .builder.sources import SourceError
+    from .models.loading import ModelUnavailable
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    processes = args.num_processes
+    if processes is not None and (processes < 1 or (launched and processes > 1)):
+        return _fail(f"--num-processes {processes}: must be at least 1, and 1 under accelerate launch")
+    if processes is None:
+        gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and not launched else 0
+        processes = max(1, gpus)
+    logging.basicConfig(format="relight-build: %(message)s", level=logging.WARNING)
+    logging.getLogger("relight_datasets").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if args.quiet:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars
     options = BuildOptions(source=args.source, out=args.out, limit=args.limit, batch_size=args.batch_size,
                            device=args.device, overwrite=args.overwrite, progress=not args.quiet,
-                           chunk_size=args.chunk_size, splits=splits, max_shard_bytes=max_shard_bytes)
+                           chunk_size=args.chunk_size, splits=splits, max_shard_bytes=max_shard_bytes,
+                           num_processes=processes)
     try:
         report = build_dataset(options, config)
-    except (SourceError, OutputError) as error:
+    except (SourceError, OutputError, ModelUnavailable) as error:
         return _fail(str(error))
+    if report is None:  # a non-main process of a multi-process launch: the main process reports
+        return 0
     if report.get("already_complete"):
         print(f"relight-build: {args.out} already holds this build ({report['processed']} rows, config "
               f"{report['config_fingerprint']}); nothing to do (--overwrite rebuilds it)")

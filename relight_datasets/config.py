@@ -41,9 +41,16 @@ class ClassicalSegmentationConfig:
 
 @dataclass
 class SegmentationConfig:
-    method: Literal["auto", "classical"] = "auto"
+    method: Literal["auto", "sam3", "sam2", "classical"] = "auto"
     text_prompt: str = "person"
     min_coverage: float = 0.02
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    sam3_model: str = "facebook/sam3"
+    sam2_model: str = "facebook/sam2.1-hiera-large"
+    detector_model: str = "IDEA-Research/grounding-dino-tiny"
+    detector_threshold: float = 0.3
+    max_people: int = 4
     classical: ClassicalSegmentationConfig = field(default_factory=ClassicalSegmentationConfig)
 
 
@@ -61,7 +68,9 @@ class AlbedoConfig:
 
 @dataclass
 class NormalsConfig:
-    method: Literal["auto", "classical"] = "auto"
+    method: Literal["auto", "depth", "classical"] = "auto"
+    depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    depth_relief: float = 0.5
     inflation_sigma: float = 0.12
     edge_tilt_deg: float = 70.0
 
@@ -136,6 +145,7 @@ class BuildConfig:
     seed: int = 0
     resolution: int = 1024
     reference_resolution: int = 1024
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
     normals: NormalsConfig = field(default_factory=NormalsConfig)
@@ -230,6 +240,18 @@ def validate(config: BuildConfig) -> BuildConfig:
     if config.reference_resolution < 16:
         raise ConfigError(f"reference_resolution: must be at least 16 pixels, got {config.reference_resolution}")
     _check_unit_range("segmentation.min_coverage", config.segmentation.min_coverage)
+    seg = config.segmentation
+    for key in ("score_threshold", "mask_threshold", "detector_threshold"):
+        _check_unit_range(f"segmentation.{key}", getattr(seg, key))
+    if seg.max_people < 1:
+        raise ConfigError(f"segmentation.max_people: must be at least 1, got {seg.max_people}")
+    if not seg.text_prompt.strip():
+        raise ConfigError("segmentation.text_prompt: must not be empty")
+    for key in ("sam3_model", "sam2_model", "normals.depth_model"):
+        section, name = ("normals", "depth_model") if key.startswith("normals.") else ("segmentation", key)
+        if not getattr(getattr(config, section), name).strip():
+            raise ConfigError(f"{section}.{name}: must name a Hub model id or a local folder")
+    _check_unit_range("normals.depth_relief", config.normals.depth_relief, 0.01, 4.0)
     if config.segmentation.classical.work_size < 64:
         raise ConfigError("segmentation.classical.work_size: must be at least 64")
     if config.segmentation.classical.grabcut_iterations < 1:

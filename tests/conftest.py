@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tests never touch the network: the Hub is offline for this process and every subprocess it starts (set before
+# huggingface_hub is imported, which reads it once).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest

@@ -29,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from datasets import load_from_disk
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -41,6 +42,7 @@ from .preview import contact_sheet
 from .sources import open_source
 
 WORK_DIR = ".work"
+SOURCE_ROWS = "source-rows"
 MANIFEST = "manifest.json"
 REPORT = "build_report.json"
 ROW_GROUP_ROWS = 32
@@ -62,6 +64,39 @@ class BuildOptions:
     chunk_size: int = 256
     splits: dict[str, float] = field(default_factory=lambda: {"train": 1.0})
     max_shard_bytes: int = 500 * 1024 * 1024
+    num_processes: int = 1
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in a multi-process build: ``index`` of ``count`` processes, ``device_index`` picks its
+    GPU (the local rank), ``state`` is accelerate's ``PartialState`` when launched by accelerate/torchrun."""
+
+    index: int = 0
+    count: int = 1
+    device_index: int | None = None
+    state: object = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def wait(self) -> None:
+        """Block until every process of the launch gets here (no-op for a single process)."""
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+def current_rank(device: str = "auto") -> Rank:
+    """The rank of this process: from accelerate's ``PartialState`` under a distributed launch (``WORLD_SIZE`` > 1),
+    else rank 0 of 1. Without CUDA (or with ``device="cpu"``) the processes join over gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Rank()
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    return Rank(state.process_index, state.num_processes, state.local_process_index, state)
 
 
 def build_identity(options: BuildOptions, config: BuildConfig) -> dict:
@@ -203,38 +238,120 @@ def _merge_stats(stats: list[dict]) -> dict:
     return merged
 
 
-def build_dataset(options: BuildOptions, config: BuildConfig) -> dict:
-    """Run (or resume) the build and write the dataset folder; returns the build report (also saved)."""
+class _Progress:
+    """The progress bar of the main process: its own rows as they finish, other processes' rows as their chunks
+    land in the work folder."""
+
+    def __init__(self, bar, work: Path, own: set[int]):
+        self.bar, self.work, self.own = bar, work, own
+        self.seen = {int(p.stem.split("-")[1]) for p in work.glob("chunk-*.json")}
+
+    def update(self, rows: int) -> None:
+        self.bar.update(rows)
+        for path in self.work.glob("chunk-*.json"):
+            index = int(path.stem.split("-")[1])
+            if index not in self.seen and index not in self.own:
+                self.seen.add(index)
+                self.bar.update(json.loads(path.read_text())["attempted"])
+
+
+def _process_chunks(options: BuildOptions, config: BuildConfig, work: Path, source, rank: Rank,
+                    progress=None) -> ChunkProcessor:
+    """Process this rank's unfinished chunks (every ``rank.count``-th, from ``rank.index``) into ``work``."""
+    chunks = max(1, math.ceil(len(source) / options.chunk_size))
+    mine = [i for i in range(rank.index, chunks, rank.count) if not _chunk_paths(work, i)[1].is_file()]
+    processor = ChunkProcessor(config, options.splits, options.device, options.batch_size, rank=rank.device_index)
+    if progress is not None:
+        progress = _Progress(progress, work, set(mine))
+    for index in mine:
+        table_path, stats_path = _chunk_paths(work, index)
+        before = dict(processor.pipeline.timings)
+        rows = source.select(range(index * options.chunk_size, min(len(source), (index + 1) * options.chunk_size)))
+        table = processor.process(rows, progress)
+        stats = chunk_stats(table)
+        stats["timings"] = {k: v - before.get(k, 0.0) for k, v in processor.pipeline.timings.items()}
+        _write_atomic(table_path, lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=ROW_GROUP_ROWS))
+        _write_json(stats_path, stats)
+    return processor
+
+
+def _spawned_worker(options: BuildOptions, config: BuildConfig, work: Path, index: int, count: int) -> None:
+    """Entry point of a process started by :func:`build_dataset` for ``num_processes > 1`` (spawn start method)."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
+    _process_chunks(options, config, work, load_from_disk(str(work / SOURCE_ROWS)), Rank(index, count, index))
+
+
+def _run_spawned(options: BuildOptions, config: BuildConfig, work: Path, source, progress) -> ChunkProcessor:
+    """Rank 0 here, ranks 1..N-1 in spawned processes; raises if any of them fails."""
+    import multiprocessing
+
+    import torch
+
+    count = options.num_processes
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_spawned_worker, args=(options, config, work, index, count), daemon=True)
+               for index in range(1, count)]
+    for worker in workers:
+        worker.start()
+    try:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
+        processor = _process_chunks(options, config, work, source, Rank(0, count, 0), progress)
+        for worker in workers:
+            worker.join()
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+    failed = [index for index, worker in enumerate(workers, 1) if worker.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"build process(es) {failed} failed; re-run the same command to resume")
+    return processor
+
+
+def build_dataset(options: BuildOptions, config: BuildConfig) -> dict | None:
+    """Run (or resume) the build and write the dataset folder; returns the build report (also saved).
+
+    Under ``accelerate launch`` (or torchrun) each process takes every N-th chunk on its own device and the main
+    process writes the dataset once all are done (other processes return None). ``options.num_processes > 1``
+    does the same from a single command by spawning the processes itself. Either way the rows are those of a
+    single-process build: each row depends only on its image and the config.
+    """
     started = time.perf_counter()
     out = Path(options.out)
     identity = build_identity(options, config)
-    state = _prepare_out(out, identity, options.overwrite)
+    rank = current_rank(options.device)
+    work = out / WORK_DIR
+    if rank.is_main:
+        state = _prepare_out(out, identity, options.overwrite)
+        if state != "complete":
+            work.mkdir(parents=True, exist_ok=True)
+            _write_json(work / MANIFEST, {"identity": identity, "package_version": __version__})
+            source = open_source(options.source, options.limit, cache_dir=work / "source")
+            if rank.count > 1 or options.num_processes > 1:
+                source.save_to_disk(str(work / SOURCE_ROWS))
+    rank.wait()
+    if not rank.is_main:
+        state = _prepare_out(out, identity, overwrite=False)
+        source = load_from_disk(str(work / SOURCE_ROWS)) if state != "complete" else None
     if state == "complete":
         report = json.loads((out / REPORT).read_text())
         report["already_complete"] = True
-        return report
-    work = out / WORK_DIR
-    work.mkdir(parents=True, exist_ok=True)
-    _write_json(work / MANIFEST, {"identity": identity, "package_version": __version__})
+        return report if rank.is_main else None
 
-    source = open_source(options.source, options.limit, cache_dir=work / "source")
     chunks = max(1, math.ceil(len(source) / options.chunk_size))
     done = [index for index in range(chunks) if _chunk_paths(work, index)[1].is_file()]
     resumed_rows = sum(json.loads(_chunk_paths(work, i)[1].read_text())["attempted"] for i in done)
-    processor = ChunkProcessor(config, options.splits, options.device, options.batch_size)
-    with tqdm(total=len(source), initial=resumed_rows, unit="img", desc="Relighting", disable=not options.progress,
-              dynamic_ncols=True) as bar:
-        for index in range(chunks):
-            table_path, stats_path = _chunk_paths(work, index)
-            if stats_path.is_file():
-                continue
-            before = dict(processor.pipeline.timings)
-            rows = source.select(range(index * options.chunk_size, min(len(source), (index + 1) * options.chunk_size)))
-            table = processor.process(rows, bar)
-            stats = chunk_stats(table)
-            stats["timings"] = {k: v - before.get(k, 0.0) for k, v in processor.pipeline.timings.items()}
-            _write_atomic(table_path, lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=ROW_GROUP_ROWS))
-            _write_json(stats_path, stats)
+    with tqdm(total=len(source), initial=resumed_rows, unit="img", desc="Relighting",
+              disable=not (options.progress and rank.is_main), dynamic_ncols=True) as bar:
+        if options.num_processes > 1 and rank.count == 1:
+            processor = _run_spawned(options, config, work, source, bar)
+        else:
+            processor = _process_chunks(options, config, work, source, rank, bar)
+    rank.wait()
+    if not rank.is_main:
+        return None
 
     write_started = time.perf_counter()
     shutil.rmtree(out / "data", ignore_errors=True)
@@ -262,8 +379,9 @@ def build_dataset(options: BuildOptions, config: BuildConfig) -> dict:
         "config_fingerprint": config.fingerprint(),
         "identity": identity,
         "source": options.source,
-        "models": {},
-        "device": str(processor.pipeline.stages[0].device(None)),
+        "models": processor.pipeline.models,
+        "device": str(processor.pipeline.stages[0].device(rank.device_index)),
+        "processes": max(rank.count, options.num_processes),
         "batch_size": options.batch_size,
         "shards": [f"data/{name}" for name in shards],
     }

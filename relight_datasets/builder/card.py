@@ -16,6 +16,21 @@ def size_category(rows: int) -> str:
     return "n>1M"
 
 
+def describe_model(info: dict) -> str:
+    """One line for a stage's entry in ``report["models"]``: method, checkpoint and revision, fallbacks taken."""
+    text = info.get("method", "?")
+    if "model" in info:
+        text += f" (`{info['model']}` revision `{info['revision']}`, {info['dtype']})"
+    boxes = info.get("boxes", {})
+    if "detector" in boxes:
+        text += f", boxes from `{boxes['detector']['model']}`"
+    elif "face_prior" in boxes:
+        text += ", boxes from the face prior"
+    for fallback in info.get("fallbacks", []):
+        text += f"; {fallback['method']} unavailable ({fallback['reason']})"
+    return text
+
+
 def build_card(config: BuildConfig, report: dict) -> DatasetCard:
     """A ``DatasetCard`` whose YAML carries features, splits, version, package version, config and fingerprint.
 
@@ -43,7 +58,7 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
     )
     columns = "\n".join(f"| `{name}` | {COLUMN_DESCRIPTIONS[name]} |" for name in FEATURES)
     splits_text = ", ".join(f"{name}: {count}" for name, count in report["splits"].items())
-    models_text = ", ".join(f"`{name}` ({rev})" for name, rev in report["models"].items()) or "none (classical stages)"
+    models_text = "\n".join(f"- {stage}: {describe_model(info)}" for stage, info in report["models"].items())
     skipped = "\n".join(f"- `{reason}`: {count}" for reason, count in report["skipped"].items()) or "- none"
     body = f"""
 # Relighting pairs
@@ -57,7 +72,9 @@ person in the same scene under different light.
 - source: `{report["source"]}`
 - config fingerprint: `{report["config_fingerprint"]}` (the resolved config is in this card's YAML header)
 - rows: {report["processed"]} of {report["attempted"]} attempted ({splits_text})
-- models: {models_text}
+
+Models:
+{models_text or "- none recorded"}
 
 Skipped inputs, by reason:
 {skipped}

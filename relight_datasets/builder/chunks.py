@@ -27,13 +27,17 @@ PROCESSING_ERROR = "processing_error"
 
 
 class ChunkProcessor:
-    """Runs the pipeline over source rows; models and thread pools are created once and reused for every chunk."""
+    """Runs the pipeline over source rows; models and thread pools are created once and reused for every chunk.
+    ``rank``: this process's index among the processes of a multi-device build (picks ``cuda:<rank>``)."""
 
-    def __init__(self, config: BuildConfig, splits: dict[str, float], device: str = "auto", batch_size: int = 8):
+    def __init__(self, config: BuildConfig, splits: dict[str, float], device: str = "auto", batch_size: int = 8,
+                 rank: int | None = None):
         self.config = config
         self.splits = splits
         self.batch_size = batch_size
+        self.rank = rank
         self.pipeline = RelightPipeline(config, device)
+        self.pipeline.prepare(rank)  # a model that cannot load fails here, before any row
 
     def _failed_row(self, batch: dict[str, list], index: int) -> dict[str, list]:
         row = {name: [None] for name in FEATURES}
@@ -44,14 +48,14 @@ class ChunkProcessor:
     def _run(self, batch: dict[str, list]) -> dict[str, list]:
         """The pipeline on a batch; if it raises, row by row, so one bad image costs only its own row."""
         try:
-            return self.pipeline(batch)
+            return self.pipeline(batch, self.rank)
         except Exception:  # noqa: BLE001 - isolate the failing row below, never stop the build
             logger.debug("batch failed, retrying row by row:\n%s", traceback.format_exc())
         rows = []
         for index in range(len(batch["image_id"])):
             single = {name: values[index : index + 1] for name, values in batch.items()}
             try:
-                rows.append(self.pipeline(single))
+                rows.append(self.pipeline(single, self.rank))
             except Exception as error:  # noqa: BLE001
                 logger.warning("%s: skipped (%s: %s)", batch["image_id"][index], type(error).__name__, error)
                 rows.append(self._failed_row(batch, index))
@@ -76,7 +80,7 @@ def chunk_stats(table: pa.Table) -> dict:
     ids = table.column("image_id").to_pylist()
     splits = table.column("split").to_pylist()
     kept = [i for i, reason in enumerate(skip) if not reason]
-    kept_table = table.take(kept)
+    kept_table = table.take(pa.array(kept, type=pa.int64()))  # typed: an all-skipped chunk has no rows
     return {
         "attempted": len(skip),
         "processed": len(kept),

@@ -58,6 +58,17 @@ class RelightPipeline:
         self.encoder = ThreadPool(encode_threads)
         self.encode_seconds = 0.0
 
+    def prepare(self, rank: int | None = None) -> None:
+        """Load every stage's models now (once per process and device), so a model that cannot load fails before
+        any row is processed."""
+        for stage in self.stages:
+            stage.prepare(rank)
+
+    @property
+    def models(self) -> dict[str, dict]:
+        """``{stage name: description}`` of the stages that run a model (or fell back from one)."""
+        return {stage.name: info for stage in self.stages if (info := stage.describe())}
+
     @property
     def timings(self) -> dict[str, float]:
         return {**{stage.name: stage.seconds for stage in self.stages}, "encode": self.encode_seconds}

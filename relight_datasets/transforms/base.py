@@ -96,6 +96,14 @@ class Stage:
     def device(self, rank: int | None) -> torch.device:
         return resolve_device(self.device_spec, rank)
 
+    def prepare(self, rank: int | None = None):
+        """Load what the stage needs on this process's device (models); stages without models have nothing to do."""
+        return None
+
+    def describe(self) -> dict:
+        """The models behind this stage's output (empty for weight-free stages), for the build report and card."""
+        return {}
+
     def scale(self, height: int, width: int) -> float:
         """Factor converting the config's pixel sizes (given at ``reference_resolution``) to this image."""
         return max(height, width) / self.config.reference_resolution

@@ -1,30 +1,79 @@
-"""Surface normals for shading, estimated offline from the person mask."""
+"""Surface normals for shading: from a monocular depth network, or estimated offline from the person mask."""
 
 from __future__ import annotations
 
+import torch
+
+from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
 from ..ops.color import float_to_uint8, uint8_to_float
-from ..ops.normals import encode_normals, normals_from_mask
+from ..ops.normals import encode_normals, normals_from_depth, normals_from_mask
 from .base import Stage, group_by_shape, to_uint8_array
 
-NORMAL_ESTIMATORS = ("auto", "classical")
+NORMAL_ESTIMATORS = ("auto", "depth", "classical")
 
 
 class NormalsStage(Stage):
     """RGB-encoded normals (``H x W x 3`` uint8, see :func:`relight_datasets.ops.normals.encode_normals`).
 
-    ``classical`` (and ``auto`` while no depth model is configured) inflates the silhouette into a smooth bulge, so
-    the new light wraps around the person's outline (``normals_method = "mask_inflation"``).
+    ``depth`` runs ``normals.depth_model`` on the input image and differentiates its relative depth, normalised so
+    the result depends on neither the model's units nor the image size (``normals_method = "depth"``).
+    ``classical`` inflates the silhouette into a smooth bulge (``"mask_inflation"``). ``auto`` uses depth when the
+    model loads and falls back to the mask otherwise (logging why once); ``depth`` forces it (a model that cannot
+    load raises :class:`~relight_datasets.models.ModelUnavailable`).
     """
 
     name = "normals"
     outputs = ("normals", "normals_method")
 
-    def process(self, batch, rows, outputs, skip, rank):
+    def __init__(self, config, device="cpu"):
+        super().__init__(config, device)
+        self._estimators: dict[torch.device, object] = {}
+        self.fallback: dict | None = None
+
+    def prepare(self, rank: int | None = None):
+        """The depth estimator for this process's device (None: mask normals), loaded on first call."""
+        from ..models.depth import DepthEstimator
+
         device = self.device(rank)
-        masks = [to_uint8_array(m) if m is not None else None for m in batch["mask"]]
-        for group in group_by_shape(masks, rows).values():
-            mask = uint8_to_float([masks[r] for r in group], device)
-            normals = normals_from_mask(mask, self.config.normals.inflation_sigma, self.config.normals.edge_tilt_deg)
+        method, model_id = self.config.normals.method, self.config.normals.depth_model
+        if device not in self._estimators:
+            estimator = None
+            if method != "classical":
+                try:
+                    estimator = DepthEstimator(model_id, device, resolve_dtype(self.config.dtype, device))
+                except ModelUnavailable as error:
+                    if method == "depth":
+                        raise
+                    warn_once(f"normals: depth unavailable, falling back to mask normals: {error}")
+                    self.fallback = {"method": "depth", "model": error.model_id, "reason": error.reason}
+            self._estimators[device] = estimator
+        return self._estimators[device]
+
+    def describe(self) -> dict:
+        if not self._estimators:
+            return {}
+        estimator = next(iter(self._estimators.values()))
+        if estimator is None:
+            return {"method": "mask_inflation", **({"fallbacks": [self.fallback]} if self.fallback else {})}
+        return {"method": "depth", **estimator.loaded.describe()}
+
+    def process(self, batch, rows, outputs, skip, rank):
+        estimator = self.prepare(rank)
+        device = self.device(rank)
+        cfg = self.config.normals
+        if estimator is None:
+            arrays = [to_uint8_array(m) if m is not None else None for m in batch["mask"]]
+        else:
+            arrays = [to_uint8_array(image) if image is not None else None for image in batch["input"]]
+        for group in group_by_shape(arrays, rows).values():
+            if estimator is None:
+                mask = uint8_to_float([arrays[r] for r in group], device)
+                normals = normals_from_mask(mask, cfg.inflation_sigma, cfg.edge_tilt_deg)
+                method = "mask_inflation"
+            else:
+                depth = estimator([arrays[r] for r in group]).to(device)
+                normals = normals_from_depth(depth, estimator.larger_is_closer, cfg.depth_relief)
+                method = "depth"
             for row, encoded in zip(group, float_to_uint8(encode_normals(normals)), strict=True):
                 outputs["normals"][row] = encoded
-                outputs["normals_method"][row] = "mask_inflation"
+                outputs["normals_method"][row] = method

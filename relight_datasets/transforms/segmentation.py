@@ -1,20 +1,52 @@
-"""Stage 1: person segmentation."""
+"""Stage 1: person segmentation (SAM3 text prompt, SAM2 box prompts, or the weight-free classical segmenter)."""
 
 from __future__ import annotations
 
-from ..ops.classical_segmentation import segment_person_classical
+import numpy as np
+import torch
+
+from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
+from ..ops.classical_segmentation import detect_face_box, person_prior_box, segment_person_classical
 from ..rng import row_seed
 from .base import Stage, ThreadPool, to_uint8_array
 
-SEGMENTERS = ("auto", "classical")
+SEGMENTERS = ("auto", "sam3", "sam2", "classical")
+AUTO_ORDER = ("sam3", "sam2", "classical")
+
+
+def face_prior_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Head-and-shoulders box ``(x0, y0, x1, y1)`` around the most likely face, or None when no face is found."""
+    face = detect_face_box(image)
+    return None if face is None else person_prior_box(face, *image.shape[:2])
+
+
+class ClassicalSegmenter:
+    """Haar face prior refined by GrabCut, one image per core (GrabCut releases the GIL)."""
+
+    method = "classical"
+
+    def __init__(self, config):
+        self.config = config
+        self.pool = ThreadPool()
+
+    def _segment(self, image_and_id):
+        image, image_id = image_and_id
+        cfg = self.config.segmentation.classical
+        return segment_person_classical(image, work_size=cfg.work_size, grabcut_iterations=cfg.grabcut_iterations,
+                                        seed=row_seed(self.config.seed, image_id, SegmentationStage.name) % (2**31))
+
+    def __call__(self, images: list[np.ndarray], image_ids: list[str]) -> list:
+        return self.pool.map(self._segment, list(zip(images, image_ids, strict=True)))
 
 
 class SegmentationStage(Stage):
     """Person mask (``H x W`` uint8, 255 = person) for each ``input`` image.
 
-    ``auto`` uses the best available segmenter; with no model-backed segmenter configured that is the weight-free
-    classical one (Haar face prior refined by GrabCut). Rows with no person found, or a mask covering less than
-    ``segmentation.min_coverage`` of the image, are skipped with reason ``no_person``.
+    ``segmentation.method``: ``sam3``, ``sam2`` or ``classical`` forces one segmenter (a model that cannot load
+    raises :class:`~relight_datasets.models.ModelUnavailable`); ``auto`` takes the first of sam3, sam2, classical
+    that loads and logs each fallback reason once. Models load once per process and device, on first use or in
+    :meth:`prepare`. Rows where nothing is found, or whose mask covers less than ``segmentation.min_coverage`` of
+    the image, are skipped with reason ``no_person``. ``segmentation_method`` records what made each mask.
     """
 
     name = "segmentation"
@@ -22,25 +54,77 @@ class SegmentationStage(Stage):
 
     def __init__(self, config, device="cpu"):
         super().__init__(config, device)
-        self.pool = ThreadPool()  # GrabCut releases the GIL: one image per core
+        self._segmenters: dict[torch.device, object] = {}
+        self.fallbacks: list[dict] = []
+        self.detector_fallback: dict | None = None
 
-    def _segment_classical(self, image_and_id):
-        image, image_id = image_and_id
-        cfg = self.config.segmentation.classical
-        return segment_person_classical(
-            to_uint8_array(image), work_size=cfg.work_size, grabcut_iterations=cfg.grabcut_iterations,
-            seed=row_seed(self.config.seed, image_id, self.name) % (2**31),
-        )
+    def _make(self, method: str, device: torch.device):
+        from ..models.segmenters import Sam2BoxSegmenter, Sam3TextSegmenter, TextBoxDetector
+
+        cfg = self.config.segmentation
+        dtype = resolve_dtype(self.config.dtype, device)
+        if method == "sam3":
+            return Sam3TextSegmenter(cfg.sam3_model, device, dtype, cfg.text_prompt, cfg.score_threshold,
+                                     cfg.mask_threshold)
+        if method == "sam2":
+            segmenter = Sam2BoxSegmenter(cfg.sam2_model, device, dtype, fallback_box=face_prior_box,
+                                         mask_threshold=cfg.mask_threshold)
+            if cfg.detector_model:
+                try:
+                    segmenter.detector = TextBoxDetector(cfg.detector_model, device, dtype, cfg.text_prompt,
+                                                         cfg.detector_threshold, cfg.max_people)
+                except ModelUnavailable as error:
+                    warn_once(f"{error}; SAM2 takes its boxes from the face prior instead")
+                    self.detector_fallback = {"model": error.model_id, "reason": error.reason}
+            return segmenter
+        return ClassicalSegmenter(self.config)
+
+    def prepare(self, rank: int | None = None):
+        """The segmenter for this process's device, loaded on first call."""
+        device = self.device(rank)
+        if device not in self._segmenters:
+            forced = self.config.segmentation.method
+            for method in AUTO_ORDER if forced == "auto" else (forced,):
+                try:
+                    self._segmenters[device] = self._make(method, device)
+                    break
+                except ModelUnavailable as error:
+                    if forced != "auto":
+                        raise
+                    warn_once(f"segmentation: {method} unavailable, falling back: {error}")
+                    self.fallbacks.append({"method": method, "model": error.model_id, "reason": error.reason})
+        return self._segmenters[device]
+
+    def describe(self) -> dict:
+        """What segments the rows: method, model id, revision, dtype, and the fallbacks taken on the way."""
+        segmenter = next(iter(self._segmenters.values()), None)
+        if segmenter is None:
+            return {}
+        info = {"method": segmenter.method}
+        loaded = getattr(segmenter, "loaded", None)
+        if loaded is not None:
+            info.update(loaded.describe())
+        detector = getattr(segmenter, "detector", None)
+        if segmenter.method == "sam2":
+            info["boxes"] = ({"detector": detector.loaded.describe()} if detector is not None
+                             else {"face_prior": self.detector_fallback or "no detector configured"})
+        if self.fallbacks:
+            info["fallbacks"] = self.fallbacks
+        return info
 
     def process(self, batch, rows, outputs, skip, rank):
-        cfg = self.config.segmentation
-        results = self.pool.map(self._segment_classical, [(batch["input"][r], batch["image_id"][r]) for r in rows])
+        segmenter = self.prepare(rank)
+        images = [to_uint8_array(batch["input"][r]) for r in rows]
+        if segmenter.method == "classical":
+            results = segmenter(images, [batch["image_id"][r] for r in rows])
+        else:
+            results = segmenter(images)
         for row, result in zip(rows, results, strict=True):
             coverage = 0.0 if result is None else float((result.mask > 127).mean())
-            if result is None or coverage < cfg.min_coverage:
+            if result is None or coverage < self.config.segmentation.min_coverage:
                 skip[row] = "no_person"
                 continue
             outputs["mask"][row] = result.mask
-            outputs["segmentation_method"][row] = "classical"
+            outputs["segmentation_method"][row] = segmenter.method
             outputs["segmentation_score"][row] = float(result.score)
             outputs["mask_coverage"][row] = coverage

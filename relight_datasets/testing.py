@@ -1,0 +1,284 @@
+"""Tiny, randomly initialised model checkpoints for offline tests and smoke runs.
+
+``python -m relight_datasets.testing make-tiny-checkpoints DIR`` writes one ``save_pretrained`` folder per model
+family (SAM3, SAM2, Grounding DINO, Depth Anything, DPT), each with its processor, 0.5-1.5 MB each. Weights are
+random but deterministic (seeded before each construction), so outputs are meaningless yet reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+DEFAULT_SEED = 0
+
+# Words the tiny tokenizers know as whole tokens; anything else maps to byte pieces (CLIP) or [UNK] (BERT).
+# "visual" is the text SAM3's processor substitutes for box-only prompts.
+WORDS = ("a", "photo", "of", "person", "people", "face", "portrait", "man", "woman", "visual")
+
+
+def _clip_tokenizer():
+    """A byte-level BPE CLIP tokenizer with the full byte alphabet plus whole-word merges for :data:`WORDS`."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for piece in alphabet + [char + "</w>" for char in alphabet]:
+        vocab.setdefault(piece, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:  # merge left to right: "p e" -> "pe", "pe r" -> "per", ...
+            pair = (pieces[0], pieces[1])
+            if pair not in merges:
+                merges.append(pair)
+            pieces = ["".join(pair), *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def _bert_tokenizer():
+    """A WordPiece BERT tokenizer over the special tokens, :data:`WORDS` and some punctuation."""
+    from transformers import BertTokenizer
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]
+    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)})
+
+
+def make_tiny_sam3(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny ``Sam3Model`` + ``Sam3Processor`` (112 px input, 32 px masks) to ``path``."""
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    image_size, patch_size, hidden = 112, 14, 32
+    grid = image_size // patch_size  # 8 tokens a side; FPN scales 4, 2, 1, 0.5 give 32, 16, 8, 4
+    tokenizer = _clip_tokenizer()
+    layers = {"hidden_size": hidden, "num_attention_heads": 2, "intermediate_size": 64, "num_layers": 1}
+    config = Sam3Config(
+        vision_config={
+            "backbone_config": {
+                "model_type": "sam3_vit_model",
+                "hidden_size": hidden,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": image_size,
+                "pretrain_image_size": image_size,
+                "patch_size": patch_size,
+                "window_size": grid // 2,
+                "global_attn_indexes": [1],
+            },
+            "fpn_hidden_size": hidden,
+            "backbone_feature_sizes": [[4 * grid] * 2, [2 * grid] * 2, [grid] * 2],
+        },
+        text_config={
+            "model_type": "clip_text_model",
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": 64,
+            "projection_dim": hidden,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        geometry_encoder_config={**layers, "roi_size": 7},
+        detr_encoder_config=layers,
+        detr_decoder_config={**layers, "num_queries": 16},
+        mask_decoder_config={"hidden_size": hidden, "num_attention_heads": 2},
+    )
+    image_processor = Sam3ImageProcessor(
+        size={"height": image_size, "width": image_size}, mask_size={"height": 4 * grid, "width": 4 * grid}
+    )
+    return _save(path, seed, lambda: Sam3Model(config), Sam3Processor(image_processor, tokenizer))
+
+
+def make_tiny_sam2(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny ``Sam2Model`` + ``Sam2Processor`` (128 px input, 32 px low-res masks) to ``path``."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    image_size, hidden = 128, 32
+    dims = [16, 32, 64, 128]  # Hiera stages at strides 4, 8, 16, 32
+    config = Sam2Config(
+        vision_config={
+            "model_type": "sam2_vision_model",
+            "backbone_config": {
+                "model_type": "sam2_hiera_det_model",
+                "hidden_size": dims[0],
+                "image_size": [image_size, image_size],
+                "blocks_per_stage": [1, 1, 2, 1],
+                "embed_dim_per_stage": dims,
+                "num_attention_heads_per_stage": [1, 1, 2, 2],
+                "window_size_per_stage": [4, 4, 4, 4],
+                "global_attention_blocks": [3],  # not a stage's first (pooling) block: those need a window
+                "window_positional_embedding_background_size": [4, 4],
+            },
+            "backbone_channel_list": dims[::-1],
+            "backbone_feature_sizes": [[image_size // stride] * 2 for stride in (4, 8, 16)],
+            "fpn_hidden_size": hidden,
+        },
+        prompt_encoder_config={"hidden_size": hidden, "image_size": image_size, "patch_size": 16},
+        mask_decoder_config={
+            "hidden_size": hidden,
+            "mlp_dim": 64,
+            "num_attention_heads": 2,
+            "iou_head_hidden_dim": hidden,
+        },
+    )
+    image_processor = Sam2ImageProcessor(
+        size={"height": image_size, "width": image_size},
+        mask_size={"height": image_size // 4, "width": image_size // 4},
+    )
+    return _save(path, seed, lambda: Sam2Model(config), Sam2Processor(image_processor))
+
+
+def make_tiny_detector(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny ``GroundingDinoForObjectDetection`` (Swin + BERT) + ``GroundingDinoProcessor`` to ``path``."""
+    from transformers import (
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
+
+    tokenizer = _bert_tokenizer()
+    config = GroundingDinoConfig(
+        backbone_config={
+            "model_type": "swin",
+            "image_size": 96,
+            "embed_dim": 16,
+            "depths": [1, 1, 1],
+            "num_heads": [1, 2, 2],
+            "window_size": 4,
+            "out_indices": [1, 2, 3],
+        },
+        text_config={
+            "model_type": "bert",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        d_model=32,  # the input projections use GroupNorm(32, d_model)
+        num_queries=16,
+        encoder_layers=1,
+        decoder_layers=2,  # with 1 layer the bbox_embed weight tying finds nothing to tie and raises
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        num_feature_levels=4,
+        max_text_len=64,
+    )
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 96, "longest_edge": 128})
+    processor = GroundingDinoProcessor(image_processor, tokenizer)
+    return _save(path, seed, lambda: GroundingDinoForObjectDetection(config), processor)
+
+
+def make_tiny_depth(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny Depth Anything (Dinov2 backbone) + ``DPTImageProcessor`` (112 px, multiple of 14) to ``path``."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTImageProcessor
+
+    hidden = 32
+    config = DepthAnythingConfig(
+        backbone_config={
+            "model_type": "dinov2",
+            "image_size": 112,
+            "patch_size": 14,
+            "hidden_size": hidden,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 2,
+            "mlp_ratio": 2,
+            "out_indices": [1, 2, 3, 4],
+            "reshape_hidden_states": False,
+        },
+        reassemble_hidden_size=hidden,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+    image_processor = DPTImageProcessor(
+        size={"height": 112, "width": 112},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=3,  # bicubic
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    return _save(path, seed, lambda: DepthAnythingForDepthEstimation(config), image_processor)
+
+
+def make_tiny_dpt(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny MiDaS-style ``DPTForDepthEstimation`` (plain ViT) + ``DPTImageProcessor`` (64 px) to ``path``."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    config = DPTConfig(
+        image_size=64,
+        patch_size=16,  # neck and head upsample the token grid 16x, so depth comes out at the input size
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        use_auxiliary_head=False,
+    )
+    image_processor = DPTImageProcessor(size={"height": 64, "width": 64})
+    return _save(path, seed, lambda: DPTForDepthEstimation(config), image_processor)
+
+
+def _save(path: str | Path, seed: int, build: Callable[[], torch.nn.Module], processor) -> Path:
+    """Seed, build the model, and ``save_pretrained`` it with its processor into ``path``."""
+    path = Path(path)
+    torch.manual_seed(seed)
+    model = build().eval()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+BUILDERS: dict[str, Callable[..., Path]] = {
+    "sam3": make_tiny_sam3,
+    "sam2": make_tiny_sam2,
+    "detector": make_tiny_detector,
+    "depth": make_tiny_depth,
+    "dpt": make_tiny_dpt,
+}
+
+
+def make_tiny_checkpoints(root: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Path]:
+    """Write every tiny checkpoint under ``root/<name>``; returns ``{name: folder}``."""
+    root = Path(root)
+    return {name: build(root / name, seed=seed) for name, build in BUILDERS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point: ``make-tiny-checkpoints DIR [--seed N]``."""
+    parser = argparse.ArgumentParser(prog="python -m relight_datasets.testing", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("make-tiny-checkpoints", help="write tiny random checkpoints under DIR")
+    make.add_argument("dir", type=Path, help="output folder (one sub-folder per model)")
+    make.add_argument("--seed", type=int, default=DEFAULT_SEED, help="torch seed used before each model is built")
+    args = parser.parse_args(argv)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # keep the output to one line per folder
+    for name, folder in make_tiny_checkpoints(args.dir, seed=args.seed).items():
+        print(f"{name}: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Multi-process builds: ``accelerate launch`` with two CPU processes, and ``--num-processes 2`` spawning its own,
+give exactly the rows of a single-process build.
+
+``accelerate launch --cpu --num_processes 2`` starts a single process unless an MPI hostfile is configured
+(accelerate's simple launcher), so the launch here uses the torchrun launcher (``--multi_gpu``), which on a machine
+without GPUs starts two CPU processes joined over gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = [str(REPO / "scripts" / "build.py")]
+COMMON = ["--limit", "6", "--resolution", "128", "--chunk-size", "2", "--batch-size", "2", "--quiet", "--device", "cpu"]
+
+
+def _rows(out: Path) -> list[dict]:
+    rows = pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist()
+    return sorted(rows, key=lambda row: row["image_id"])
+
+
+def _run(command: list[str], env_threads: str = "1") -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": env_threads}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, faces_dir) -> Path:
+    out = tmp_path_factory.mktemp("single") / "out"
+    _run([sys.executable, *BUILD, "--source", f"folder:{faces_dir}", "--out", str(out), *COMMON])
+    return out
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_gives_the_single_process_rows(tmp_path, faces_dir, single_process):
+    out = tmp_path / "launched"
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without GPUs: the torchrun launcher would put the processes on them")
+    with socket.socket() as probe:  # a free port for the process group, so parallel runs never collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port)]
+    result = _run([*launch, *BUILD, "--source", f"folder:{faces_dir}", "--out", str(out), *COMMON])
+    assert result.stdout.count("images processed") == 1  # only the main process reports
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["processes"] == 2 and report["attempted"] == 6
+    assert not (out / ".work").exists()
+    assert _rows(out) == _rows(single_process)
+
+
+@pytest.mark.slow
+def test_num_processes_spawns_workers_with_the_single_process_rows(tmp_path, faces_dir, single_process):
+    out = tmp_path / "spawned"
+    _run([sys.executable, *BUILD, "--source", f"folder:{faces_dir}", "--out", str(out), *COMMON,
+          "--num-processes", "2"])
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["processes"] == 2 and report["processed"] + sum(report["skipped"].values()) == 6
+    assert _rows(out) == _rows(single_process)
