@@ -17,6 +17,42 @@ from .transforms.segmentation import SEGMENTERS
 EXIT_USAGE = 2
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags choosing the model-backed stages (shared with ``scripts/bench.py``); see :func:`model_overrides`."""
+    parser.add_argument("--segmenter", choices=SEGMENTERS, default=None,
+                        help="auto tries sam3, then sam2, then classical; the others force one and fail (exit 2) "
+                        "when its model cannot load (config: segmentation.method, default auto)")
+    parser.add_argument("--sam3-model", default=None, metavar="ID_OR_DIR",
+                        help="SAM3 checkpoint, Hub id or local folder (config: segmentation.sam3_model, default "
+                        "facebook/sam3)")
+    parser.add_argument("--sam2-model", default=None, metavar="ID_OR_DIR",
+                        help="SAM2 checkpoint (config: segmentation.sam2_model, default facebook/sam2.1-hiera-large)")
+    parser.add_argument("--detector-model", default=None, metavar="ID_OR_DIR",
+                        help="zero-shot detector giving SAM2 its person boxes; '' uses the face-prior box (config: "
+                        "segmentation.detector_model, default IDEA-Research/grounding-dino-tiny)")
+    parser.add_argument("--normals", choices=NORMAL_ESTIMATORS, default=None,
+                        help="auto uses depth when its model loads, else mask normals; depth forces it "
+                        "(config: normals.method, default auto)")
+    parser.add_argument("--depth-model", default=None, metavar="ID_OR_DIR",
+                        help="depth checkpoint for AutoModelForDepthEstimation (config: normals.depth_model, default "
+                        "depth-anything/Depth-Anything-V2-Small-hf)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                        help="model weights and activations; auto = bfloat16 on CUDA, float32 on CPU (config: dtype)")
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Config keys set by :func:`add_model_arguments` flags (None: flag not given)."""
+    return {"dtype": args.dtype, "segmentation.method": args.segmenter, "segmentation.sam3_model": args.sam3_model,
+            "segmentation.sam2_model": args.sam2_model, "segmentation.detector_model": args.detector_model,
+            "normals.method": args.normals, "normals.depth_model": args.depth_model}
+
+
+def as_overrides(pairs: dict[str, object]) -> list[str]:
+    """``{key: value}`` -> ``["key=value", ...]`` for the values that are set. Values are written as JSON (which
+    YAML reads back unchanged), so ids and paths stay strings whatever they look like."""
+    return [f"{key}={json.dumps(value)}" for key, value in pairs.items() if value is not None]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relight-build",
@@ -41,25 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-processes", type=int, default=None,
                         help="worker processes, one per GPU (default: every visible GPU when --device is auto or "
                         "cuda, else 1); not with accelerate launch, which starts its own")
-    parser.add_argument("--segmenter", choices=SEGMENTERS, default=None,
-                        help="auto tries sam3, then sam2, then classical; the others force one and fail (exit 2) "
-                        "when its model cannot load (config: segmentation.method, default auto)")
-    parser.add_argument("--sam3-model", default=None, metavar="ID_OR_DIR",
-                        help="SAM3 checkpoint, Hub id or local folder (config: segmentation.sam3_model, default "
-                        "facebook/sam3)")
-    parser.add_argument("--sam2-model", default=None, metavar="ID_OR_DIR",
-                        help="SAM2 checkpoint (config: segmentation.sam2_model, default facebook/sam2.1-hiera-large)")
-    parser.add_argument("--detector-model", default=None, metavar="ID_OR_DIR",
-                        help="zero-shot detector giving SAM2 its person boxes; '' uses the face-prior box (config: "
-                        "segmentation.detector_model, default IDEA-Research/grounding-dino-tiny)")
-    parser.add_argument("--normals", choices=NORMAL_ESTIMATORS, default=None,
-                        help="auto uses depth when its model loads, else mask normals; depth forces it "
-                        "(config: normals.method, default auto)")
-    parser.add_argument("--depth-model", default=None, metavar="ID_OR_DIR",
-                        help="depth checkpoint for AutoModelForDepthEstimation (config: normals.depth_model, default "
-                        "depth-anything/Depth-Anything-V2-Small-hf)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
-                        help="model weights and activations; auto = bfloat16 on CUDA, float32 on CPU (config: dtype)")
+    add_model_arguments(parser)
     parser.add_argument("--background", choices=("original", "gray", "black"), default=None,
                         help="background behind the relit person (config: recombination.background)")
     parser.add_argument("--splits", default="train=1",
@@ -94,14 +112,9 @@ def parse_size(text: str) -> int:
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
     """Dedicated flags become config overrides (applied after --set, so the flag wins)."""
-    pairs = {"seed": args.seed, "resolution": args.resolution, "dtype": args.dtype,
-             "segmentation.method": args.segmenter, "segmentation.sam3_model": args.sam3_model,
-             "segmentation.sam2_model": args.sam2_model, "segmentation.detector_model": args.detector_model,
-             "normals.method": args.normals, "normals.depth_model": args.depth_model,
-             "recombination.background": args.background,
-             "output.image_format": args.image_format, "output.image_quality": args.image_quality}
-    # JSON is YAML: strings (paths, ids) stay strings whatever they look like.
-    return [f"{key}={json.dumps(value)}" for key, value in pairs.items() if value is not None]
+    return as_overrides({"seed": args.seed, "resolution": args.resolution, **model_overrides(args),
+                         "recombination.background": args.background, "output.image_format": args.image_format,
+                         "output.image_quality": args.image_quality})
 
 
 def _fail(message: str) -> int:

@@ -23,10 +23,13 @@ from PIL import Image
 
 from relight_datasets import __version__
 from relight_datasets.builder.build import BuildOptions, build_dataset
+from relight_datasets.builder.card import describe_model
+from relight_datasets.cli import add_model_arguments, as_overrides, model_overrides
 from relight_datasets.config import load_config
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "faces"
-STAGES = ("decode", "segmentation", "normals", "albedo", "degradation", "recombination", "encode", "write")
+STAGES = ("model_load", "decode", "segmentation", "normals", "albedo", "degradation", "recombination", "encode",
+          "write")
 
 
 def prepare_images(source: Path, count: int, resolution: int, target: Path) -> list[Path]:
@@ -67,9 +70,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--reference", type=Path, default=None, help="path to seed_reference.py to run alongside")
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
+    add_model_arguments(parser)
     args = parser.parse_args()
 
-    config = load_config(args.preset, overrides=[*args.overrides, f"resolution={args.resolution}"])
+    config = load_config(args.preset, overrides=[*args.overrides, f"resolution={args.resolution}",
+                                                 *as_overrides(model_overrides(args))])
     with tempfile.TemporaryDirectory(prefix="relight-bench-") as tmp:
         work = Path(tmp)
         prepare_images(args.images, args.num_images, args.resolution, work / "images")
@@ -81,9 +86,13 @@ def main() -> None:
         reference = run_reference(args.reference, work / "images", args.resolution, work) if args.reference else None
 
     n = report["attempted"]
+    dtypes = sorted({info["dtype"] for info in report["models"].values() if "dtype" in info})
+    dtype = "/".join(dtypes) or "float32 (no models)"
+    methods = ", ".join(f"{stage}: {describe_model(info)}" for stage, info in report["models"].items())
     results = {
         "images": n, "processed": report["processed"], "resolution": args.resolution, "batch_size": args.batch_size,
-        "device": report["device"], "dtype": "float32", "preset": args.preset, "threads": torch.get_num_threads(),
+        "device": report["device"], "dtype": dtype, "models": report["models"], "preset": args.preset,
+        "threads": torch.get_num_threads(),
         "versions": {"relight_datasets": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "stage_seconds": {k: report["timings"].get(k, 0.0) for k in STAGES},
         "end_to_end_seconds": round(wall, 3),
@@ -91,8 +100,9 @@ def main() -> None:
         "reference_images_per_second": reference,
         "speedup_vs_reference": round(n / wall / reference, 2) if reference else None,
     }
-    print(f"relight-datasets {__version__} | torch {torch.__version__} | device {results['device']} | float32 | "
+    print(f"relight-datasets {__version__} | torch {torch.__version__} | device {results['device']} | {dtype} | "
           f"batch {args.batch_size} | {n} images at {args.resolution}x{args.resolution} | {results['threads']} threads")
+    print(f"models: {methods}")
     print(f"{'stage':<16}{'seconds':>10}{'images/s':>12}{'share':>9}")
     for stage, seconds in results["stage_seconds"].items():
         rate = f"{n / seconds:.2f}" if seconds > 0 else "-"

@@ -7,6 +7,7 @@ and have no images. Nothing in here touches the output folder.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections import Counter
 
@@ -36,8 +37,10 @@ class ChunkProcessor:
         self.splits = splits
         self.batch_size = batch_size
         self.rank = rank
+        started = time.perf_counter()
         self.pipeline = RelightPipeline(config, device)
         self.pipeline.prepare(rank)  # a model that cannot load fails here, before any row
+        self.setup_seconds = time.perf_counter() - started
 
     def _failed_row(self, batch: dict[str, list], index: int) -> dict[str, list]:
         row = {name: [None] for name in FEATURES}
