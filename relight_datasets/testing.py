@@ -239,11 +239,60 @@ def make_tiny_dpt(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
     return _save(path, seed, lambda: DPTForDepthEstimation(config), image_processor)
 
 
-def _save(path: str | Path, seed: int, build: Callable[[], torch.nn.Module], processor) -> Path:
-    """Seed, build the model, and ``save_pretrained`` it with its processor into ``path``."""
+def full_size_sam3_config():
+    """The architecture of ``facebook/sam3`` (``Sam3Config`` defaults), with the tiny tokenizer's special ids.
+    Returns ``(config, tokenizer)``."""
+    from transformers import Sam3Config
+
+    tokenizer = _clip_tokenizer()
+    text = {"model_type": "clip_text_model", "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096,
+            "projection_dim": 512, "num_hidden_layers": 24, "num_attention_heads": 16, "max_position_embeddings": 32,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+    return Sam3Config(text_config=text), tokenizer
+
+
+def full_size_depth_config():
+    """The architecture of ``depth-anything/Depth-Anything-V2-Small-hf``: DINOv2-S (384 wide, 12 layers, 6 heads)
+    at 518 px, DPT neck 48/96/192/384, fusion 64."""
+    from transformers import DepthAnythingConfig
+
+    backbone = {"model_type": "dinov2", "hidden_size": 384, "num_attention_heads": 6, "image_size": 518,
+                "out_indices": [3, 6, 9, 12], "reshape_hidden_states": False}
+    return DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64)
+
+
+def make_full_size_checkpoints(root: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Path]:
+    """Randomly initialised SAM3 and Depth Anything V2 Small at their real sizes (bf16 on disk, about 1.7 GB and
+    50 MB) under ``root/sam3`` and ``root/depth``: the same FLOPs as the real weights, for GPU benchmarks without
+    Hub access. Their outputs are meaningless."""
+    from transformers import (
+        DepthAnythingForDepthEstimation,
+        DPTImageProcessor,
+        Sam3ImageProcessor,
+        Sam3Model,
+        Sam3Processor,
+    )
+
+    root = Path(root)
+    sam3_config, tokenizer = full_size_sam3_config()
+    depth_processor = DPTImageProcessor(size={"height": 518, "width": 518}, keep_aspect_ratio=True,
+                                        ensure_multiple_of=14, resample=3, image_mean=[0.485, 0.456, 0.406],
+                                        image_std=[0.229, 0.224, 0.225])
+    return {
+        "sam3": _save(root / "sam3", seed, lambda: Sam3Model(sam3_config),
+                      Sam3Processor(Sam3ImageProcessor(), tokenizer), torch.bfloat16),
+        "depth": _save(root / "depth", seed, lambda: DepthAnythingForDepthEstimation(full_size_depth_config()),
+                       depth_processor, torch.bfloat16),
+    }
+
+
+def _save(path: str | Path, seed: int, build: Callable[[], torch.nn.Module], processor,
+          dtype: torch.dtype = torch.float32) -> Path:
+    """Seed, build the model, and ``save_pretrained`` it (in ``dtype``) with its processor into ``path``."""
     path = Path(path)
     torch.manual_seed(seed)
-    model = build().eval()
+    model = build().eval().to(dtype)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
@@ -269,13 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relight_datasets.testing", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make-tiny-checkpoints", help="write tiny random checkpoints under DIR")
-    make.add_argument("dir", type=Path, help="output folder (one sub-folder per model)")
-    make.add_argument("--seed", type=int, default=DEFAULT_SEED, help="torch seed used before each model is built")
+    full = commands.add_parser("make-full-size-checkpoints",
+                               help="write random SAM3 and Depth Anything V2 Small at full size under DIR (GPU bench)")
+    for command in (make, full):
+        command.add_argument("dir", type=Path, help="output folder (one sub-folder per model)")
+        command.add_argument("--seed", type=int, default=DEFAULT_SEED, help="torch seed set before each model")
     args = parser.parse_args(argv)
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # keep the output to one line per folder
-    for name, folder in make_tiny_checkpoints(args.dir, seed=args.seed).items():
+    writer = make_tiny_checkpoints if args.command == "make-tiny-checkpoints" else make_full_size_checkpoints
+    for name, folder in writer(args.dir, seed=args.seed).items():
         print(f"{name}: {folder}")
     return 0
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from relight_datasets.testing import main, make_tiny_checkpoints, make_tiny_sam2  # noqa: E402
+from relight_datasets.testing import main, make_tiny_checkpoints, make_tiny_sam2
 
 NAMES = ("sam3", "sam2", "detector", "depth", "dpt")
 KEY = "vision_encoder.backbone.blocks.0.attn.qkv.weight"  # a SAM2 weight drawn from the seeded generator
@@ -123,3 +120,17 @@ def test_deterministic(tiny: dict[str, Path], tmp_path: Path) -> None:
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["make-tiny-checkpoints", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{name}: {tmp_path / name}" for name in NAMES]
+
+
+def test_full_size_configs_match_the_real_models_parameter_counts():
+    """The GPU benchmark's random checkpoints have the real architectures: SAM3 has about 840 M parameters and
+    Depth Anything V2 Small 24.8 M (counted on the meta device: nothing is allocated)."""
+    from transformers import DepthAnythingForDepthEstimation, Sam3Model
+
+    from relight_datasets.testing import full_size_depth_config, full_size_sam3_config
+
+    with torch.device("meta"):
+        sam3 = Sam3Model(full_size_sam3_config()[0])
+        depth = DepthAnythingForDepthEstimation(full_size_depth_config())
+    assert sum(p.numel() for p in sam3.parameters()) == pytest.approx(840e6, rel=0.02)
+    assert sum(p.numel() for p in depth.parameters()) == pytest.approx(24.8e6, rel=0.02)
