@@ -42,12 +42,12 @@ class LoadedModel:
     dtype: torch.dtype
 
     def preprocess(self, images: list[np.ndarray], **kwargs) -> dict:
-        """``processor(images=..., **kwargs)`` for ``H x W x 3`` uint8 arrays, moved to the model's device with
-        ``pixel_values`` in the model's dtype. Box coordinates stay float32 (bf16 would round a 1024 px coordinate
-        to a multiple of 4). The arrays go in as ``3 x H x W`` tensors: decoded images are read-only numpy arrays,
-        which torch will not wrap without a copy."""
+        """``processor(images=..., **kwargs)`` for ``H x W x 3`` uint8 arrays, run on the model's device (a batch
+        is resized and normalised on the GPU, not the CPU), with ``pixel_values`` in the model's dtype. Box
+        coordinates stay float32 (bf16 would round a 1024 px coordinate to a multiple of 4). The arrays go in as
+        ``3 x H x W`` tensors: decoded images are read-only numpy arrays, which torch will not wrap without a copy."""
         tensors = [torch.tensor(image).permute(2, 0, 1) for image in images]
-        processed = self.processor(images=tensors, return_tensors="pt", **kwargs)
+        processed = self.processor(images=tensors, return_tensors="pt", device=self.device, **kwargs)
         return {name: value.to(self.device, dtype=self.dtype if name == "pixel_values" else None)
                 if isinstance(value, torch.Tensor) else value for name, value in processed.items()}
 

@@ -87,6 +87,9 @@ class SegmentationStage(Stage):
             for method in AUTO_ORDER if forced == "auto" else (forced,):
                 try:
                     self._segmenters[device] = self._make(method, device)
+                    if method != "classical" and device.type == "cpu":
+                        warn_once(f"segmentation: {method} runs on the CPU here, which takes tens of seconds per "
+                                  "image; use a GPU, or --segmenter classical for a fast CPU build")
                     break
                 except ModelUnavailable as error:
                     if forced != "auto":
