@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,37 @@ def run_reference(script: Path, images: Path, resolution: int, work: Path) -> fl
     return float(match.group(1))
 
 
+class GpuUtilisation:
+    """Context manager sampling ``torch.cuda.utilization()`` (percent of time a kernel ran, via NVML) every
+    ``interval`` seconds on each visible GPU; ``mean`` is None without CUDA or NVML."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.samples, self.mean = interval, [], None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(sum(torch.cuda.utilization(i) for i in range(torch.cuda.device_count()))
+                                / torch.cuda.device_count())
+
+    def __enter__(self):
+        try:
+            available = torch.cuda.is_available() and torch.cuda.utilization(0) >= 0
+        except Exception:  # noqa: BLE001 - NVML (pynvml) missing: no figure rather than no benchmark
+            available = False
+        if available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.samples:
+            self.mean = round(sum(self.samples) / len(self.samples), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of portraits (default: fixtures)")
@@ -66,6 +98,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--num-processes", type=int, default=1, help="worker processes (one per GPU)")
     parser.add_argument("--preset", default="mvp")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--reference", type=Path, default=None, help="path to seed_reference.py to run alongside")
@@ -79,9 +112,10 @@ def main() -> None:
         work = Path(tmp)
         prepare_images(args.images, args.num_images, args.resolution, work / "images")
         started = time.perf_counter()
-        report = build_dataset(
-            BuildOptions(source=f"folder:{work / 'images'}", out=work / "dataset", batch_size=args.batch_size,
-                         device=args.device, progress=False), config)
+        with GpuUtilisation() as gpu:
+            report = build_dataset(
+                BuildOptions(source=f"folder:{work / 'images'}", out=work / "dataset", batch_size=args.batch_size,
+                             device=args.device, progress=False, num_processes=args.num_processes), config)
         wall = time.perf_counter() - started
         reference = run_reference(args.reference, work / "images", args.resolution, work) if args.reference else None
 
@@ -92,7 +126,7 @@ def main() -> None:
     results = {
         "images": n, "processed": report["processed"], "resolution": args.resolution, "batch_size": args.batch_size,
         "device": report["device"], "dtype": dtype, "models": report["models"], "preset": args.preset,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "processes": report["processes"], "gpu_busy_percent": gpu.mean,
         "versions": {"relight_datasets": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "stage_seconds": {k: report["timings"].get(k, 0.0) for k in STAGES},
         "end_to_end_seconds": round(wall, 3),
@@ -102,7 +136,8 @@ def main() -> None:
     }
     print(f"relight-datasets {__version__} | torch {torch.__version__} | device {results['device']} | {dtype} | "
           f"batch {args.batch_size} | {n} images at {args.resolution}x{args.resolution} | {results['threads']} threads")
-    print(f"models: {methods}")
+    print(f"models: {methods} | processes {results['processes']}"
+          + (f" | GPU busy {gpu.mean:.0f} % of the time (mean over GPUs)" if gpu.mean is not None else ""))
     print(f"{'stage':<16}{'seconds':>10}{'images/s':>12}{'share':>9}")
     for stage, seconds in results["stage_seconds"].items():
         rate = f"{n / seconds:.2f}" if seconds > 0 else "-"
