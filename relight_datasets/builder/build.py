@@ -23,6 +23,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 from itertools import islice
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from .sources import open_source
 
 WORK_DIR = ".work"
 SOURCE_ROWS = "source-rows"
+BARRIER_TIMEOUT = timedelta(hours=24)
 MANIFEST = "manifest.json"
 REPORT = "build_report.json"
 ROW_GROUP_ROWS = 32
@@ -95,7 +97,9 @@ def current_rank(device: str = "auto") -> Rank:
     import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    # The barriers wait for the main process to fetch the source and for the slowest process's last chunk: far
+    # longer than the process group's default timeout, which would otherwise kill a healthy build.
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
     return Rank(state.process_index, state.num_processes, state.local_process_index, state)
 
 
