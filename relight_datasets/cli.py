@@ -149,7 +149,7 @@ def _run(argv: list[str] | None) -> int:
 
     import torch
 
-    from .builder.build import BuildOptions, OutputError, build_dataset
+    from .builder.build import BuildOptions, OutputError, WorkerFailed, build_dataset
     from .builder.hub import PushError, push_to_hub
     from .builder.sources import SourceError
     from .models.loading import ModelUnavailable
@@ -177,6 +177,9 @@ def _run(argv: list[str] | None) -> int:
         report = build_dataset(options, config)
     except (SourceError, OutputError, ModelUnavailable) as error:
         return _fail(str(error))
+    except WorkerFailed as error:
+        print(f"relight-build: error: {error}", file=sys.stderr)
+        return 1
     if report is None:  # a non-main process of a multi-process launch: the main process reports
         return 0
     if report.get("already_complete"):

@@ -54,6 +54,10 @@ class OutputError(ValueError):
     """The output folder cannot be used as asked (one line, exit code 2)."""
 
 
+class WorkerFailed(RuntimeError):
+    """A worker process of a ``--num-processes`` build died (its traceback is on stderr); finished chunks are kept."""
+
+
 @dataclass
 class BuildOptions:
     source: str
@@ -310,7 +314,8 @@ def _run_spawned(options: BuildOptions, config: BuildConfig, work: Path, source,
                 worker.terminate()
     failed = [index for index, worker in enumerate(workers, 1) if worker.exitcode != 0]
     if failed:
-        raise RuntimeError(f"build process(es) {failed} failed; re-run the same command to resume")
+        raise WorkerFailed(f"worker process(es) {failed} failed (see above); finished chunks are kept, re-run the "
+                           "same command to resume")
     return processor
 
 
