@@ -135,6 +135,7 @@ class OutputConfig:
     dataset_version: str = "0.1.0"
     license: str = "other"
     preview_rows: int = 6
+    png_codec: Literal["fpng", "zlib"] = "fpng"
     png_compress_level: int = 1
     image_format: Literal["png", "webp", "jpeg"] = "png"
     image_quality: int = 95

@@ -140,7 +140,7 @@ def main() -> None:
           + (f" | GPU busy {gpu.mean:.0f} % of the time (mean over GPUs)" if gpu.mean is not None else ""))
     print(f"{'stage':<16}{'seconds':>10}{'images/s':>12}{'share':>9}")
     for stage, seconds in results["stage_seconds"].items():
-        rate = f"{n / seconds:.2f}" if seconds > 0 else "-"
+        rate = f"{n / seconds:.2f}" if seconds > 0 and stage != "model_load" else "-"  # once per process
         print(f"{stage:<16}{seconds:>10.2f}{rate:>12}{seconds / wall:>8.0%}")
     print(f"{'end to end':<16}{wall:>10.2f}{n / wall:>12.2f}{1:>8.0%}")
     if reference:

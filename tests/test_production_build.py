@@ -232,6 +232,42 @@ def test_image_format_and_shard_size(tmp_path, twelve_faces):
     assert rows[0]["mask"]["bytes"][:8] == b"\x89PNG\r\n\x1a\n" and rows[0]["normals"]["bytes"][1:4] == b"PNG"
 
 
+def test_png_codecs_write_the_same_pixels(tmp_path, twelve_faces):
+    assert build(twelve_faces, tmp_path / "fpng", "--limit", "3") == 0
+    assert build(twelve_faces, tmp_path / "zlib", "--limit", "3", "--png-codec", "zlib") == 0
+    fast, small = rows_of(tmp_path / "fpng"), rows_of(tmp_path / "zlib")
+    for name in ("input", "mask", "albedo", "degraded", "composite", "normals"):
+        for a, b in zip(fast, small, strict=True):
+            assert a[name]["bytes"][:8] == b[name]["bytes"][:8] == b"\x89PNG\r\n\x1a\n"
+            pixels_a, pixels_b = (np.asarray(Image.open(io.BytesIO(r[name]["bytes"]))) for r in (a, b))
+            assert pixels_a.dtype == np.uint8 and np.array_equal(pixels_a, pixels_b), name
+    # Different writers for the RGB columns (fpng has no zlib level); masks are always written by zlib.
+    assert fast[0]["composite"]["bytes"] != small[0]["composite"]["bytes"]
+    assert fast[0]["mask"]["bytes"] == small[0]["mask"]["bytes"]
+
+
+def test_encode_image_round_trips_and_names_a_missing_fpng(monkeypatch):
+    from relight_datasets.builder import pipeline
+
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    gray = rgb[..., 1]
+    for array in (rgb, rgb[::-1, ::2], gray):  # odd sizes, a non-contiguous view, mode L
+        for codec in ("fpng", "zlib"):
+            encoded = pipeline.encode_image(array, png_codec=codec)
+            assert encoded["path"] is None
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(encoded["bytes"]))), array)
+    assert pipeline.encode_image(None, png_codec="fpng") is None
+
+    pipeline.fpng_encoder.cache_clear()
+    monkeypatch.setitem(sys.modules, "fpng", None)  # import fpng -> ImportError
+    try:
+        with pytest.raises(RuntimeError, match=r"pip install fpng.*png_codec=zlib"):
+            pipeline.encode_image(rgb, png_codec="fpng")
+        assert pipeline.encode_image(rgb, png_codec="zlib")["bytes"][1:4] == b"PNG"
+    finally:
+        pipeline.fpng_encoder.cache_clear()
+
+
 def test_datasets_builder_produces_the_cli_rows(tmp_path, twelve_faces):
     from relight_datasets.builder import RelightPairs
 

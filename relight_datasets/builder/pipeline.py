@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import time
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 from PIL import Image
@@ -27,12 +27,27 @@ LOSSLESS_COLUMNS = ("mask", "normals")
 """Always PNG: they are data (a mask, a vector field), not photographs."""
 
 
+@cache
+def fpng_encoder():
+    """``fpng.from_ndarray`` (``H x W x 3`` uint8 -> PNG bytes), or a clear error when the package is missing."""
+    try:
+        import fpng
+    except ImportError as error:
+        raise RuntimeError("output.png_codec=fpng needs the fpng package (`pip install fpng`); "
+                           "or set output.png_codec=zlib") from error
+    return fpng.from_ndarray
+
+
 def encode_image(array: np.ndarray | None, image_format: str = "png", quality: int = 95,
-                 compress_level: int = 1) -> dict | None:
+                 compress_level: int = 1, png_codec: str = "zlib") -> dict | None:
     """uint8 ``H x W x 3`` (RGB) or ``H x W`` (mode L) -> ``{"bytes": ..., "path": None}`` for ``datasets.Image``;
-    ``image_format`` png (lossless), webp or jpeg (``quality`` 1-100). None stays None (a skipped row)."""
+    ``image_format`` png (lossless), webp or jpeg (``quality`` 1-100). PNGs are written by zlib at
+    ``compress_level``, or for RGB with ``png_codec="fpng"`` by fpng (about 10x faster, files about 20 % larger;
+    it writes RGB/RGBA only, so masks stay zlib). None stays None (a skipped row)."""
     if array is None:
         return None
+    if image_format == "png" and png_codec == "fpng" and array.ndim == 3:
+        return {"bytes": fpng_encoder()(np.ascontiguousarray(array)), "path": None}
     buffer = io.BytesIO()
     image = Image.fromarray(array)
     if image_format == "png":
@@ -55,6 +70,8 @@ class RelightPipeline:
         self.config = config
         self.stages = [cls(config, device) for cls in (LoadStage, SegmentationStage, NormalsStage, AlbedoStage,
                                                       DegradationStage, RecombinationStage, InstructionStage)]
+        if config.output.png_codec == "fpng":
+            fpng_encoder()  # a missing package fails here, before any row is processed
         self.encoder = ThreadPool(encode_threads)
         self.encode_seconds = 0.0
 
@@ -74,12 +91,11 @@ class RelightPipeline:
         return {**{stage.name: stage.seconds for stage in self.stages}, "encode": self.encode_seconds}
 
     def _encode(self, columns: dict[str, list]) -> dict[str, list]:
-        """Every image of every column encoded on the thread pool (the codecs release the GIL): masks and normals as
-        PNG, photo columns in ``output.image_format``."""
+        """Every image of every column encoded on the thread pool (zlib and the lossy codecs release the GIL): masks
+        and normals as PNG, photo columns in ``output.image_format``."""
         out = self.config.output
-        photo = partial(encode_image, image_format=out.image_format, quality=out.image_quality,
-                        compress_level=out.png_compress_level)
-        lossless = partial(encode_image, compress_level=out.png_compress_level)
+        lossless = partial(encode_image, compress_level=out.png_compress_level, png_codec=out.png_codec)
+        photo = partial(lossless, image_format=out.image_format, quality=out.image_quality)
         names = list(columns)
         jobs = [(lossless if name in LOSSLESS_COLUMNS else photo, array) for name in names for array in columns[name]]
         encoded = iter(self.encoder.map(lambda job: job[0](job[1]), jobs))
