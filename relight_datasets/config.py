@@ -35,7 +35,7 @@ Range = tuple[float, float]
 
 @dataclass
 class ClassicalSegmentationConfig:
-    work_size: int = 192
+    work_size: int = 128  # long side GrabCut runs at; the mask's edges are then snapped to the full-size image
     grabcut_iterations: int = 2
 
 

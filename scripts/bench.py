@@ -126,7 +126,8 @@ def main() -> None:
     results = {
         "images": n, "processed": report["processed"], "resolution": args.resolution, "batch_size": args.batch_size,
         "device": report["device"], "dtype": dtype, "models": report["models"], "preset": args.preset,
-        "threads": torch.get_num_threads(), "processes": report["processes"], "gpu_busy_percent": gpu.mean,
+        "threads": torch.get_num_threads(), "processes": report["processes"],
+        "batch_threads": report["batch_threads"], "gpu_busy_percent": gpu.mean,
         "versions": {"relight_datasets": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "stage_seconds": {k: report["timings"].get(k, 0.0) for k in STAGES},
         "end_to_end_seconds": round(wall, 3),
@@ -136,13 +137,16 @@ def main() -> None:
     }
     print(f"relight-datasets {__version__} | torch {torch.__version__} | device {results['device']} | {dtype} | "
           f"batch {args.batch_size} | {n} images at {args.resolution}x{args.resolution} | {results['threads']} threads")
-    print(f"models: {methods} | processes {results['processes']}"
+    print(f"models: {methods} | processes {results['processes']} | batch threads {results['batch_threads']}"
           + (f" | GPU busy {gpu.mean:.0f} % of the time (mean over GPUs)" if gpu.mean is not None else ""))
+    # Stage seconds are summed over processes and batch threads, which run at the same time: they can add up to more
+    # than the wall time, so each stage's share is of their sum, and its images/s is that of one thread or process.
+    total = sum(results["stage_seconds"].values()) or 1.0
     print(f"{'stage':<16}{'seconds':>10}{'images/s':>12}{'share':>9}")
     for stage, seconds in results["stage_seconds"].items():
         rate = f"{n / seconds:.2f}" if seconds > 0 and stage != "model_load" else "-"  # once per process
-        print(f"{stage:<16}{seconds:>10.2f}{rate:>12}{seconds / wall:>8.0%}")
-    print(f"{'end to end':<16}{wall:>10.2f}{n / wall:>12.2f}{1:>8.0%}")
+        print(f"{stage:<16}{seconds:>10.2f}{rate:>12}{seconds / total:>8.0%}")
+    print(f"{'end to end':<16}{wall:>10.2f}{n / wall:>12.2f}")
     if reference:
         print(f"{'seed reference':<16}{n / reference:>10.2f}{reference:>12.2f}")
         print(f"speed-up vs the seed reference (images/s ratio): {results['speedup_vs_reference']:.2f}x")

@@ -161,6 +161,28 @@ def test_same_seed_gives_identical_rows_and_batch_size_does_not_matter(tmp_path,
     assert [r["input"] for r in rows_a] == [r["input"] for r in rows_d]
 
 
+def test_concurrent_batch_threads_give_the_same_rows_in_order(tmp_path, faces_dir, monkeypatch):
+    import torch
+
+    from relight_datasets.builder import chunks
+
+    source = f"folder:{faces_dir}"
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two batch threads of one torch thread each, even on a one-core machine
+    try:
+        assert run_build(source, tmp_path / "two", "--limit", "7", "--batch-size", "2") == 0
+        assert torch.get_num_threads() == 2, "the build must restore torch's thread count"
+        monkeypatch.setattr(chunks, "CPU_BATCH_THREADS", 1)
+        assert run_build(source, tmp_path / "one", "--limit", "7", "--batch-size", "2") == 0
+    finally:
+        torch.set_num_threads(threads_before)
+    reports = [json.loads((tmp_path / name / "build_report.json").read_text()) for name in ("two", "one")]
+    assert [r["batch_threads"] for r in reports] == [2, 1]
+    two, one = table(tmp_path / "two"), table(tmp_path / "one")
+    assert [r["image_id"] for r in two] == sorted(p.name for p in faces_dir.glob("*.png"))[:7]
+    assert two == one
+
+
 @pytest.mark.parametrize(("mode", "value"), [("gray", 128), ("black", 0)])
 def test_background_modes_end_to_end(tmp_path, faces_dir, mode, value):
     assert run_build(f"folder:{faces_dir}", tmp_path / mode, "--limit", "1", "--background", mode) == 0

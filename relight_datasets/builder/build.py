@@ -228,7 +228,7 @@ def _preview(out: Path, config: BuildConfig, splits: dict[str, float]) -> None:
     rows = list(islice((row for batch in batches for row in batch.to_pylist()), config.output.preview_rows))
     if rows:
         decoded = [FEATURES.decode_example(row) for row in rows]
-        contact_sheet(decoded).save(out / "preview.png")
+        contact_sheet(decoded).save(out / "preview.png", compress_level=1)
 
 
 def _merge_stats(stats: list[dict]) -> dict:
@@ -392,6 +392,7 @@ def build_dataset(options: BuildOptions, config: BuildConfig) -> dict | None:
         "models": processor.pipeline.models,
         "device": str(processor.pipeline.stages[0].device(rank.device_index)),
         "processes": max(rank.count, options.num_processes),
+        "batch_threads": processor.batch_threads,
         "batch_size": options.batch_size,
         "shards": [f"data/{name}" for name in shards],
     }

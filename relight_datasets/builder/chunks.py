@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+
+import torch
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Value
 
 from ..config import BuildConfig
-from ..transforms.base import SKIP_COLUMN
+from ..transforms.base import SKIP_COLUMN, resolve_device
 from .features import FEATURES, METHOD_COLUMNS
 from .pipeline import RelightPipeline
 from .splits import assign_split
@@ -25,6 +29,21 @@ logger = logging.getLogger(__name__)
 
 CHUNK_FEATURES = Features({**FEATURES, "split": Value("string"), SKIP_COLUMN: Value("string")})
 PROCESSING_ERROR = "processing_error"
+CPU_BATCH_THREADS = 2
+"""Batches in flight at once on a CPU, each thread with its share of torch's threads. One batch at a time leaves
+cores idle in serial stretches (Python glue, per-image work on small tensors); two overlap them. Measured on 2 cores
+at 512 px: 4.7 s -> 3.8-4.2 s for 48 images through the pipeline."""
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run the block with ``torch.set_num_threads(count)`` (process-wide), restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ChunkProcessor:
@@ -37,6 +56,9 @@ class ChunkProcessor:
         self.splits = splits
         self.batch_size = batch_size
         self.rank = rank
+        self.device = device
+        on_cpu = resolve_device(device, rank).type == "cpu"
+        self.batch_threads = min(CPU_BATCH_THREADS, torch.get_num_threads()) if on_cpu else 1
         started = time.perf_counter()
         self.pipeline = RelightPipeline(config, device)
         self.pipeline.prepare(rank)  # a model that cannot load fails here, before any row
@@ -64,16 +86,32 @@ class ChunkProcessor:
                 rows.append(self._failed_row(batch, index))
         return {name: [value for row in rows for value in row[name]] for name in rows[0]}
 
+    def _table(self, batch: dict[str, list]) -> pa.Table:
+        out = self._run(batch)
+        out["split"] = [assign_split(image_id, self.splits) for image_id in out["image_id"]]
+        encoded = CHUNK_FEATURES.encode_batch({name: out[name] for name in CHUNK_FEATURES})
+        return pa.Table.from_pydict(encoded, schema=CHUNK_FEATURES.arrow_schema)
+
     def process(self, rows: Dataset, progress=None) -> pa.Table:
-        """``rows``: source rows (``image_id``, ``source``, undecoded ``input``) -> a table of ``CHUNK_FEATURES``."""
-        tables = []
-        for start in range(0, len(rows), self.batch_size):
-            out = self._run(rows[start : start + self.batch_size])
-            out["split"] = [assign_split(image_id, self.splits) for image_id in out["image_id"]]
-            encoded = CHUNK_FEATURES.encode_batch({name: out[name] for name in CHUNK_FEATURES})
-            tables.append(pa.Table.from_pydict(encoded, schema=CHUNK_FEATURES.arrow_schema))
+        """``rows``: source rows (``image_id``, ``source``, undecoded ``input``) -> a table of ``CHUNK_FEATURES``.
+
+        On a CPU, :data:`CPU_BATCH_THREADS` batches are processed at once (rows come out in order); on a GPU one."""
+        workers = self.batch_threads
+        tables, pending = [], deque()
+
+        def collect(future: Future) -> None:
+            tables.append(future.result())
             if progress is not None:
-                progress.update(len(out["image_id"]))
+                progress.update(tables[-1].num_rows)
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="relight-batch") as executor, \
+                torch_threads(max(1, torch.get_num_threads() // workers)):
+            for start in range(0, len(rows), self.batch_size):
+                pending.append(executor.submit(self._table, rows[start : start + self.batch_size]))
+                if len(pending) > workers:  # at most one batch waiting beyond those running
+                    collect(pending.popleft())
+            while pending:
+                collect(pending.popleft())
         return pa.concat_tables(tables)
 
 
@@ -83,13 +121,16 @@ def chunk_stats(table: pa.Table) -> dict:
     ids = table.column("image_id").to_pylist()
     splits = table.column("split").to_pylist()
     kept = [i for i, reason in enumerate(skip) if not reason]
-    kept_table = table.take(pa.array(kept, type=pa.int64()))  # typed: an all-skipped chunk has no rows
+    # Copies of the image bytes are made only when needed: usually every row is kept and there is one split.
+    kept_table = table if len(kept) == len(skip) else table.take(pa.array(kept, type=pa.int64()))
+    kept_splits = set(splits[i] for i in kept)
     return {
         "attempted": len(skip),
         "processed": len(kept),
         "skipped_rows": [{"image_id": ids[i], "reason": r} for i, r in enumerate(skip) if r],
         "methods": {c: dict(Counter(kept_table.column(c).to_pylist())) for c in METHOD_COLUMNS},
         "splits": dict(Counter(splits[i] for i in kept)),
-        "split_bytes": {name: kept_table.filter(pc.equal(kept_table.column("split"), name)).nbytes
-                        for name in set(splits[i] for i in kept)},
+        "split_bytes": {name: kept_table.nbytes if len(kept_splits) == 1
+                        else kept_table.filter(pc.equal(kept_table.column("split"), name)).nbytes
+                        for name in kept_splits},
     }

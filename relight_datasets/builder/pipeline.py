@@ -20,7 +20,7 @@ from ..transforms import (
     RecombinationStage,
     SegmentationStage,
 )
-from ..transforms.base import SKIP_COLUMN, ThreadPool
+from ..transforms.base import SKIP_COLUMN, TIMING_LOCK, ThreadPool
 from .features import FEATURES, IMAGE_COLUMNS
 
 LOSSLESS_COLUMNS = ("mask", "normals")
@@ -107,6 +107,7 @@ class RelightPipeline:
             batch.update(stage(batch, rank))
         started = time.perf_counter()
         batch.update(self._encode({name: batch[name] for name in IMAGE_COLUMNS}))
-        self.encode_seconds += time.perf_counter() - started
+        with TIMING_LOCK:
+            self.encode_seconds += time.perf_counter() - started
         batch["seed"] = [self.config.seed] * len(batch["image_id"])
         return {name: batch[name] for name in [*FEATURES, SKIP_COLUMN]}

@@ -84,7 +84,8 @@ def retinex_albedo(
     target = reflectance * level[..., None]
     gain = target / intensity.clamp_min(RETINEX_EPS)
     headroom = 1.0 / image.amax(dim=1, keepdim=True).clamp_min(RETINEX_EPS)  # keep every channel <= 1
-    return (image * torch.minimum(gain, headroom)).clamp(0, 1) * mask
+    # The mask is 0/1, so masking the one-channel gain equals masking the clamped image, at a third of the cost.
+    return (image * torch.minimum(gain, headroom).mul_(mask)).clamp_(0, 1)
 
 
 def bilateral_filter(
@@ -133,6 +134,5 @@ def lab_albedo(
 
 
 def blend_with_original(albedo: torch.Tensor, image: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    """``(1 - ratio) * albedo + ratio * image`` per image; ``ratio``: ``B`` floats in [0, 1]."""
-    r = ratio.to(albedo).view(-1, 1, 1, 1)
-    return ((1 - r) * albedo + r * image).clamp(0, 1)
+    """``(1 - ratio) * albedo + ratio * image`` per image (one fused ``lerp``); ``ratio``: ``B`` floats in [0, 1]."""
+    return torch.lerp(albedo, image, ratio.to(albedo).view(-1, 1, 1, 1)).clamp_(0, 1)

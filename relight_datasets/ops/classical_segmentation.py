@@ -11,10 +11,12 @@ pipeline for one RGB ``uint8`` image is
 3. ``cv2.grabCut`` refines it on a copy whose long side is ``work_size``, with OpenCV's RNG seeded first so the
    result does not depend on what ran before;
 4. the mask keeps the components that touch the definite foreground, small holes are filled, a small open/close
-   smooths it, and it is upsampled bilinearly (as a float mask, thresholded at 0.5) to the input size.
+   smooths it, and :func:`upsample_mask_guided` brings it to the input size with its edges snapped to the image's
+   (a fast guided filter), so a small ``work_size`` costs little edge quality.
 
-A degenerate GrabCut result (it lost most of the definite foreground or swallowed nearly the whole image) falls back
-to the prior's foreground with a lower score. :func:`person_prior_box` gives the same head-and-shoulders extent as a
+A degenerate GrabCut result (it lost most of the definite foreground or swallowed nearly the whole image) is retried
+once at 1.5 times the working size (small copies degenerate more often); if that degenerates too, the prior's
+foreground is used, with a lower score. :func:`person_prior_box` gives the same head-and-shoulders extent as a
 box, e.g. as a box prompt for a promptable segmenter.
 
 Everything is vectorised (OpenCV / NumPy); nothing loops over pixels in Python.
@@ -34,6 +36,7 @@ __all__ = [
     "detect_face_box",
     "person_prior_box",
     "segment_person_classical",
+    "upsample_mask_guided",
 ]
 
 DETECT_SIZE = 192
@@ -69,9 +72,12 @@ _MIN_DEFINITE_KEPT = 0.30  # GrabCut result must keep this much of the definite 
 _MIN_HEAD_KEPT = 0.35  # ... and of the prior's head ellipse (face + hair) ...
 _MAX_COVERAGE = 0.95  # ... and cover less than this much of the image, or the prior is used instead
 _FALLBACK_SCORE_FACTOR = 0.5
+_RETRY_SCALE = 1.5  # a degenerate GrabCut is retried once on a copy this much larger before the prior is used
 _ROI_MARGIN = 0.25  # GrabCut runs on the head-and-shoulders box grown by this fraction of its size per side
 _MAX_HOLE_FRACTION = 0.15  # holes up to this fraction of the foreground area are filled
 _MIN_SIZE = 16
+_GUIDE_RADIUS = 4  # box radius (px) of the guided filter, on a grid twice the mask's size
+_GUIDE_EPS = 1e-3  # its regulariser (grey levels in [0, 1]): edges weaker than about 0.03 are smoothed over
 
 
 @dataclass(frozen=True)
@@ -268,35 +274,41 @@ def _clean_mask(mask: np.ndarray, definite: np.ndarray) -> np.ndarray:
     return _fill_small_holes(mask)
 
 
-def _upsample(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    if mask.shape != (height, width):
-        smooth = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        mask = (smooth >= 0.5).astype(np.uint8)
-    return mask * np.uint8(255)
+def upsample_mask_guided(mask: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A 0/1 ``h x w`` ``uint8`` mask -> a 0/255 mask at the size of the ``H x W x 3`` ``uint8`` RGB image, its
+    edges following the image's.
 
-
-def segment_person_classical(
-    image: np.ndarray, *, work_size: int = 320, grabcut_iterations: int = 4, seed: int = 0
-) -> PersonSegmentation | None:
-    """Person mask for one ``H x W x 3`` ``uint8`` RGB image, or ``None`` when no face is found.
-
-    ``work_size`` is the long side GrabCut runs at (the input is never upscaled), ``grabcut_iterations`` the
-    number of GrabCut iterations and ``seed`` the seed of OpenCV's RNG, set right before GrabCut, so equal inputs
-    give equal masks whatever ran before. See the module docstring for the method.
-
-    Cost is dominated by ``cv2.grabCut`` (its max-flow grows faster than the pixel count and depends on the image):
-    lower ``work_size`` / ``grabcut_iterations`` trade mask detail for speed.
+    A fast guided filter (He & Sun 2015) with the grey image as guide: the local linear model ``q = a * I + b`` is
+    fitted on a grid twice the mask's size (at most the image's) over boxes of radius :data:`_GUIDE_RADIUS`, ``a``
+    and ``b`` are upsampled bilinearly and applied to the full-resolution guide, and ``q`` is thresholded at 0.5.
+    Where the image has no edge, the result is the mask upsampled bilinearly and box-smoothed.
     """
-    image = _validate_image(image)
-    if work_size < _MIN_SIZE:
-        raise ValueError(f"work_size must be at least {_MIN_SIZE}, got {work_size}")
-    if grabcut_iterations < 1:
-        raise ValueError(f"grabcut_iterations must be at least 1, got {grabcut_iterations}")
-    found = _detect_face(image)
-    if found is None:
-        return None
-    face_box, detection_confidence = found
+    height, width = image.shape[:2]
+    if mask.shape == (height, width):
+        return mask * np.uint8(255)
+    grid = (min(width, 2 * mask.shape[1]), min(height, 2 * mask.shape[0]))
+    guide = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    small_guide = cv2.resize(guide, grid, interpolation=cv2.INTER_AREA)
+    small_mask = cv2.resize(mask.astype(np.float32), grid, interpolation=cv2.INTER_LINEAR)
+    side = 2 * _GUIDE_RADIUS + 1
 
+    def box(values: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(values, -1, (side, side), borderType=cv2.BORDER_REFLECT)
+
+    mean_guide, mean_mask = box(small_guide), box(small_mask)
+    covariance = box(small_guide * small_mask) - mean_guide * mean_mask
+    variance = box(small_guide * small_guide) - mean_guide * mean_guide
+    slope = covariance / (variance + _GUIDE_EPS)
+    offset = mean_mask - slope * mean_guide
+    slope = cv2.resize(box(slope), (width, height), interpolation=cv2.INTER_LINEAR)
+    offset = cv2.resize(box(offset), (width, height), interpolation=cv2.INTER_LINEAR)
+    return (slope * guide + offset >= 0.5).astype(np.uint8) * np.uint8(255)
+
+
+def _grabcut(image: np.ndarray, face_box: tuple[int, int, int, int], work_size: int, iterations: int,
+             seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """GrabCut from the face prior on a copy whose long side is ``work_size``: the cleaned 0/1 mask, the prior's
+    0/1 foreground and boolean definite foreground (all at that size), and whether the result is degenerate."""
     height, width = image.shape[:2]
     scale = min(1.0, work_size / max(height, width))
     wh, ww = max(1, round(height * scale)), max(1, round(width * scale))
@@ -326,20 +338,12 @@ def segment_person_classical(
         foreground_model = np.zeros((1, 65), dtype=np.float64)
         roi_image = np.ascontiguousarray(work[ry0:ry1, rx0:rx1])
         cv2.setRNGSeed(int(seed))
-        cv2.grabCut(
-            roi_image,
-            roi_labels,
-            None,
-            background_model,
-            foreground_model,
-            grabcut_iterations,
-            cv2.GC_INIT_WITH_MASK,
-        )
+        cv2.grabCut(roi_image, roi_labels, None, background_model, foreground_model, iterations,
+                    cv2.GC_INIT_WITH_MASK)
         mask[ry0:ry1, rx0:rx1] = (roi_labels == cv2.GC_FGD) | (roi_labels == cv2.GC_PR_FGD)
         mask = _clean_mask(mask, definite)
 
-    n_definite = max(1, int(np.count_nonzero(definite)))
-    kept_definite = np.count_nonzero(mask[definite]) / n_definite
+    kept_definite = np.count_nonzero(mask[definite]) / max(1, int(np.count_nonzero(definite)))
     kept_head = np.count_nonzero(mask[head]) / max(1, int(np.count_nonzero(head)))
     coverage = np.count_nonzero(mask) / mask.size
     degenerate = (
@@ -348,6 +352,40 @@ def segment_person_classical(
         or kept_head < _MIN_HEAD_KEPT
         or coverage > _MAX_COVERAGE
     )
+    return mask, prior, definite, degenerate
+
+
+def segment_person_classical(
+    image: np.ndarray, *, work_size: int = 128, grabcut_iterations: int = 2, seed: int = 0
+) -> PersonSegmentation | None:
+    """Person mask for one ``H x W x 3`` ``uint8`` RGB image, or ``None`` when no face is found.
+
+    ``work_size`` is the long side GrabCut runs at (the input is never upscaled), ``grabcut_iterations`` the
+    number of GrabCut iterations and ``seed`` the seed of OpenCV's RNG, set right before GrabCut, so equal inputs
+    give equal masks whatever ran before. A degenerate result is retried once at :data:`_RETRY_SCALE` times
+    ``work_size`` before the prior is used. See the module docstring for the method.
+
+    Cost is dominated by ``cv2.grabCut`` (its max-flow grows faster than the pixel count and depends on the image):
+    lower ``work_size`` / ``grabcut_iterations`` trade mask detail for speed.
+    """
+    image = _validate_image(image)
+    if work_size < _MIN_SIZE:
+        raise ValueError(f"work_size must be at least {_MIN_SIZE}, got {work_size}")
+    if grabcut_iterations < 1:
+        raise ValueError(f"grabcut_iterations must be at least 1, got {grabcut_iterations}")
+    found = _detect_face(image)
+    if found is None:
+        return None
+    face_box, detection_confidence = found
+
+    long_side = max(image.shape[:2])
+    sizes = [work_size]
+    if work_size < long_side:
+        sizes.append(min(long_side, round(_RETRY_SCALE * work_size)))
+    for size in sizes:
+        mask, prior, definite, degenerate = _grabcut(image, face_box, size, grabcut_iterations, seed)
+        if not degenerate:
+            break
     if degenerate:
         mask = _clean_mask(prior, definite)
     iou = np.count_nonzero(mask & prior) / max(1, np.count_nonzero(mask | prior))
@@ -355,7 +393,7 @@ def segment_person_classical(
     if degenerate:
         score *= _FALLBACK_SCORE_FACTOR
     return PersonSegmentation(
-        mask=_upsample(mask, height, width),
+        mask=upsample_mask_guided(mask, image),
         score=float(np.clip(score, 0.0, 1.0)),
         face_box=face_box,
     )

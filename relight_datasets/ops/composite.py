@@ -31,6 +31,6 @@ def background_plate(image: torch.Tensor, mode: str) -> torch.Tensor:
 
 def composite(foreground: torch.Tensor, background: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``foreground * alpha + background * (1 - alpha)``; images ``B x 3 x H x W``, alpha ``B x 1 x H x W``.
-    Where alpha is 0 the background is returned bit for bit."""
-    blended = foreground * alpha + background * (1 - alpha)
-    return torch.where(alpha > 0, blended, background)
+    One fused ``lerp``, exact at both ends: where alpha is 0 the background is returned bit for bit, where it is 1
+    the foreground."""
+    return torch.lerp(background, foreground, alpha)

@@ -63,7 +63,8 @@ def gaussian_blur(image: torch.Tensor, sigma: float, mask: torch.Tensor | None =
     if factor > 1:
         summed = F.interpolate(summed, size=(h, w), mode="bilinear", align_corners=False)
     numerator, denominator = summed[:, :-1], summed[:, -1:]
-    return torch.where(denominator > 1e-6, numerator / denominator.clamp_min(1e-6), torch.zeros_like(numerator))
+    reciprocal = torch.where(denominator > 1e-6, 1 / denominator.clamp_min(1e-6), 0.0)  # one channel
+    return numerator * reciprocal
 
 
 def kernel_size_to_sigma(kernel_size: float) -> float:

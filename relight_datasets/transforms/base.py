@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from PIL import Image
 from ..config import BuildConfig
 
 SKIP_COLUMN = "skip_reason"
+TIMING_LOCK = threading.Lock()  # stages may run on several batch threads at once (see ChunkProcessor)
 IMAGE_COLUMNS = ("input", "mask", "albedo", "degraded", "composite", "normals")
 """The dataset's image columns, in schema order."""
 
@@ -64,7 +66,10 @@ def group_by_shape(arrays: list[np.ndarray | None], rows: Iterable[int]) -> dict
 
 class ThreadPool:
     """A lazily started thread pool that survives pickling and forking (``Dataset.map`` with ``num_proc``): each
-    process starts its own threads on first use. For work that releases the GIL (OpenCV, zlib)."""
+    process starts its own threads on first use. For work that releases the GIL (OpenCV, zlib). ``map`` may be called
+    from several threads at once."""
+
+    _start_lock = threading.Lock()
 
     def __init__(self, threads: int | None = None):
         self.threads = threads or min(8, os.cpu_count() or 1)
@@ -76,9 +81,10 @@ class ThreadPool:
 
     def map(self, function: Callable, items: list) -> list:
         """``[function(item) for item in items]``, run on the pool's threads, results in order."""
-        if self._executor is None or self._pid != os.getpid():
-            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="relight")
-            self._pid = os.getpid()
+        with self._start_lock:
+            if self._executor is None or self._pid != os.getpid():
+                self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="relight")
+                self._pid = os.getpid()
         return list(self._executor.map(function, items))
 
 
@@ -117,7 +123,8 @@ class Stage:
         if active:
             with torch.inference_mode():
                 self.process(batch, active, outputs, skip, rank)
-        self.seconds += time.perf_counter() - started
+        with TIMING_LOCK:
+            self.seconds += time.perf_counter() - started
         return {**outputs, SKIP_COLUMN: skip}
 
     def process(self, batch: dict[str, list], rows: list[int], outputs: dict[str, list], skip: list[str],

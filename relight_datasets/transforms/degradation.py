@@ -120,12 +120,12 @@ def relight(albedo: torch.Tensor, normals: torch.Tensor, mask: torch.Tensor, dra
     shading = shading * exposure.to(shading.dtype)
     shadows = [shadow_factor(d, h, w, reference_resolution, albedo.device) if d.pattern else torch.ones_like(mask[:1])
                for d in draws]
-    lit = albedo * shading * torch.cat(shadows)
+    lit = albedo * (shading * torch.cat(shadows))  # the one-channel factors first: one pass over the colour image
     if any(d.specular for d in draws):
         intensity = [d.specular["intensity"] if d.specular else 0.0 for d in draws]
         shininess = [d.specular["shininess"] if d.specular else 1.0 for d in draws]
-        lit = lit + phong_specular(normals, [d.light for d in draws], intensity, shininess)
-    return lit.clamp(0, 1) * mask, exposure.flatten().tolist()
+        lit += phong_specular(normals, [d.light for d in draws], intensity, shininess)
+    return lit.clamp_(0, 1).mul_(mask), exposure.flatten().tolist()
 
 
 class DegradationStage(Stage):
