@@ -138,7 +138,8 @@ def test_build_defaults_stay_close_to_full_detail() -> None:
         ious.append(_iou(fast.mask, _segment(name).mask))
         corners = (fast.mask[:CORNER, :CORNER], fast.mask[:CORNER, -CORNER:])
         corner_misses += [name for patch in corners if np.mean(patch == 255) > 0.5]
-    assert np.mean(ious) >= 0.88 and min(ious) >= 0.7, f"IoU with full detail: mean {np.mean(ious):.3f}, min {min(ious):.3f}"
+    summary = f"IoU with full detail: mean {np.mean(ious):.3f}, min {min(ious):.3f}"
+    assert np.mean(ious) >= 0.88 and min(ious) >= 0.7, summary
     assert len(corner_misses) <= 1, f"top corners taken into the mask at the defaults: {corner_misses}"
 
 

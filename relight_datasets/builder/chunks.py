@@ -13,10 +13,9 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
-import torch
-
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from datasets import Dataset, Features, Value
 
 from ..config import BuildConfig
