@@ -39,7 +39,7 @@ from ..transforms.base import SKIP_COLUMN
 from .card import build_card
 from .chunks import ChunkProcessor, chunk_stats
 from .features import FEATURES, METHOD_COLUMNS
-from .preview import contact_sheet
+from .preview import PREVIEW_COLUMNS, contact_sheet
 from .sources import open_source
 
 WORK_DIR = ".work"
@@ -206,16 +206,19 @@ class _SplitShards:
 
 
 def _write_shards(work: Path, chunks: int, data_dir: Path, splits: dict[str, float], max_bytes: int) -> list[str]:
-    """Stream the kept rows of every chunk, in order, into each split's shards. Memory: one row group at a time."""
+    """Stream the kept rows of every chunk, in order, into each split's shards. Memory: one row group at a time.
+    Rows are copied (filtered) only when some were skipped or there are several splits."""
     data_dir.mkdir(parents=True, exist_ok=True)
     shards = {name: _SplitShards(name, data_dir, max_bytes) for name in splits}
     columns = FEATURES.arrow_schema.names
     for index in range(chunks):
         for batch in pq.ParquetFile(_chunk_paths(work, index)[0]).iter_batches(batch_size=ROW_GROUP_ROWS):
             table = pa.Table.from_batches([batch])
-            kept = table.filter(pc.equal(table.column(SKIP_COLUMN), ""))
+            is_kept = pc.equal(table.column(SKIP_COLUMN), "")
+            kept = table if pc.all(is_kept).as_py() is True else table.filter(is_kept)
             for name, writer in shards.items():
-                writer.add(kept.filter(pc.equal(kept.column("split"), name)).select(columns))
+                rows = kept if len(shards) == 1 else kept.filter(pc.equal(kept.column("split"), name))
+                writer.add(rows.select(columns))
     return [name for writer in shards.values() for name in writer.finish()]
 
 
@@ -223,11 +226,13 @@ def _preview(out: Path, config: BuildConfig, splits: dict[str, float]) -> None:
     """Contact sheet of the first rows of the first split."""
     if config.output.preview_rows == 0:
         return
+    count = config.output.preview_rows
     shards = sorted((out / "data").glob(f"{next(iter(splits))}-*.parquet"))
-    batches = (batch for path in shards for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS))
-    rows = list(islice((row for batch in batches for row in batch.to_pylist()), config.output.preview_rows))
+    batches = (batch for path in shards
+               for batch in pq.ParquetFile(path).iter_batches(batch_size=count, columns=list(PREVIEW_COLUMNS)))
+    rows = list(islice((row for batch in batches for row in batch.to_pylist()), count))
     if rows:
-        decoded = [FEATURES.decode_example(row) for row in rows]
+        decoded = [{name: FEATURES[name].decode_example(row[name]) for name in PREVIEW_COLUMNS} for row in rows]
         contact_sheet(decoded).save(out / "preview.png", compress_level=1)
 
 
