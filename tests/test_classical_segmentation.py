@@ -57,6 +57,12 @@ def _segment(name: str, mirrored: bool = False) -> PersonSegmentation | None:
     return segment_person_classical(image[:, ::-1] if mirrored else image, **FULL_DETAIL)
 
 
+def _box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     return float(np.count_nonzero(a & b) / max(1, np.count_nonzero(a | b)))
@@ -141,6 +147,28 @@ def test_build_defaults_stay_close_to_full_detail() -> None:
     summary = f"IoU with full detail: mean {np.mean(ious):.3f}, min {min(ious):.3f}"
     assert np.mean(ious) >= 0.88 and min(ious) >= 0.7, summary
     assert len(corner_misses) <= 1, f"top corners taken into the mask at the defaults: {corner_misses}"
+
+
+def test_coarse_to_fine_detection_matches_the_full_search(monkeypatch) -> None:
+    _require_faces()
+    images = [_load(name) for name in FACE_NAMES]
+    fast = [detect_face_box(image) for image in images]  # large faces: found on the half-size copy, then refined
+    monkeypatch.setattr(classical_segmentation, "_COARSE_MIN_FRACTION", 2.0)  # no face is that large: full search
+    full = [detect_face_box(image) for image in images]
+    ious = [_box_iou(a, b) for a, b in zip(fast, full, strict=True)]
+    assert min(ious) > 0.9 and np.mean(ious) > 0.97, f"box IoU coarse-to-fine vs full: {np.round(ious, 3)}"
+
+
+def test_small_face_is_found_by_the_full_search() -> None:
+    _require_faces()
+    # A face of about 17 % of the side: too small for the coarse pass (25 %), found by the full search.
+    small = cv2.resize(_load(FACE_NAMES[1]), (200, 200), interpolation=cv2.INTER_AREA)
+    canvas = np.full((800, 800, 3), 90, dtype=np.uint8)
+    canvas[400:600, 300:500] = small
+    box = detect_face_box(canvas)
+    assert box is not None
+    x, y, w, h = box
+    assert 300 <= x + w / 2 <= 500 and 400 <= y + h / 2 <= 600 and w < 0.25 * 800
 
 
 def test_person_in_a_larger_canvas() -> None:

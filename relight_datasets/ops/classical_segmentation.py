@@ -53,6 +53,8 @@ _CASCADES: tuple[tuple[str, int, float], ...] = (
     ("haarcascade_profileface.xml", 4, 0.7),
 )
 _SCALE_FACTOR = 1.1
+_COARSE_MIN_FRACTION = 0.25  # faces at least this fraction of the short side are looked for on a half-size copy first
+_COARSE_MIN_SIDE = 24  # smallest face size (pixels) the coarse search can look for (the cascades' window)
 _THREAD_CASCADES = threading.local()  # a CascadeClassifier must not run in two threads at once: one per thread
 
 # Prior geometry, in face-box units: u = (x - face centre x) / face width, v = (y - face top) / face height.
@@ -126,8 +128,41 @@ def _pick_face(boxes: np.ndarray, votes: np.ndarray, height: int, width: int) ->
     return boxes[best], int(votes[best])
 
 
+def _search(gray: np.ndarray, min_side: int, max_side: int | None = None,
+            cascades: tuple[tuple[str, int, float], ...] = _CASCADES) -> tuple[np.ndarray, int, tuple] | None:
+    """The most prominent face ``(x, y, w, h)`` in ``gray`` pixels found by the first of ``cascades`` that finds any
+    (the profile cascade also on the mirror), its number of votes and that cascade; or None."""
+    gh, gw = gray.shape
+    limits = {"minSize": (min_side, min_side)}
+    if max_side is not None:
+        limits["maxSize"] = (max_side, max_side)
+    for cascade in cascades:
+        name, min_neighbors, _ = cascade
+        classifier = _cascade(name)
+        candidates = []
+        for mirrored in (False, True) if "profile" in name else (False,):
+            view = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
+            boxes, votes = classifier.detectMultiScale2(view, scaleFactor=_SCALE_FACTOR,
+                                                        minNeighbors=min_neighbors, **limits)
+            if len(boxes) == 0:
+                continue
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            if mirrored:
+                boxes[:, 0] = gw - boxes[:, 0] - boxes[:, 2]
+            candidates.append((boxes, np.asarray(votes).reshape(-1)))
+        if candidates:
+            box, n_votes = _pick_face(np.concatenate([b for b, _ in candidates]),
+                                      np.concatenate([v for _, v in candidates]), gh, gw)
+            return box, n_votes, cascade
+    return None
+
+
 def _detect_face(image: np.ndarray) -> tuple[tuple[int, int, int, int], float] | None:
-    """Face box in input pixels and a detection confidence in (0, 1], or ``None``."""
+    """Face box in input pixels and a detection confidence in (0, 1], or ``None``.
+
+    Coarse to fine: faces of at least :data:`_COARSE_MIN_FRACTION` of the short side are found on a half-size copy
+    (a quarter of the windows), then located again at full detection size around that box, at sizes near it. Smaller
+    faces, or none, get the full search."""
     height, width = image.shape[:2]
     scale = min(1.0, DETECT_SIZE / max(height, width))
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -140,33 +175,32 @@ def _detect_face(image: np.ndarray) -> tuple[tuple[int, int, int, int], float] |
     if min(gh, gw) < min_side:
         return None
 
-    for name, min_neighbors, weight in _CASCADES:
-        classifier = _cascade(name)
-        candidates = []
-        mirrored_views = (False, True) if "profile" in name else (False,)
-        for mirrored in mirrored_views:
-            view = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
-            boxes, votes = classifier.detectMultiScale2(
-                view, scaleFactor=_SCALE_FACTOR, minNeighbors=min_neighbors, minSize=(min_side, min_side)
-            )
-            if len(boxes) == 0:
-                continue
-            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-            if mirrored:
-                boxes[:, 0] = gw - boxes[:, 0] - boxes[:, 2]
-            candidates.append((boxes, np.asarray(votes).reshape(-1)))
-        if not candidates:
-            continue
-        boxes = np.concatenate([b for b, _ in candidates])
-        votes = np.concatenate([v for _, v in candidates])
-        box, n_votes = _pick_face(boxes, votes, gh, gw)
-        x0 = int(np.clip(round(box[0] / scale), 0, width - 1))
-        y0 = int(np.clip(round(box[1] / scale), 0, height - 1))
-        x1 = int(np.clip(round((box[0] + box[2]) / scale), x0 + 1, width))
-        y1 = int(np.clip(round((box[1] + box[3]) / scale), y0 + 1, height))
-        confidence = weight * n_votes / (n_votes + 8.0)
-        return (x0, y0, x1 - x0, y1 - y0), float(confidence)
-    return None
+    found = None
+    coarse_side = round(_COARSE_MIN_FRACTION * min(gh, gw) / 2)
+    if coarse_side >= _COARSE_MIN_SIDE:
+        coarse = cv2.resize(gray, (gw // 2, gh // 2), interpolation=cv2.INTER_AREA)
+        rough = _search(coarse, coarse_side)
+        if rough is not None:
+            x, y, w, h = rough[0] * 2
+            gx0, gy0 = max(0, int(x - w / 2)), max(0, int(y - h / 2))
+            gx1, gy1 = min(gw, int(np.ceil(x + 1.5 * w))), min(gh, int(np.ceil(y + 1.5 * h)))
+            found = _search(gray[gy0:gy1, gx0:gx1], max(min_side, int(0.7 * w)), int(np.ceil(1.4 * w)),
+                            cascades=(rough[2],))
+            if found is not None:
+                found = (found[0] + np.array([gx0, gy0, 0, 0]), found[1], found[2])
+            else:
+                found = (np.array([x, y, w, h]), rough[1], rough[2])
+    if found is None:
+        found = _search(gray, min_side)
+    if found is None:
+        return None
+    box, n_votes, (_, _, weight) = found
+    x0 = int(np.clip(round(box[0] / scale), 0, width - 1))
+    y0 = int(np.clip(round(box[1] / scale), 0, height - 1))
+    x1 = int(np.clip(round((box[0] + box[2]) / scale), x0 + 1, width))
+    y1 = int(np.clip(round((box[1] + box[3]) / scale), y0 + 1, height))
+    confidence = weight * n_votes / (n_votes + 8.0)
+    return (x0, y0, x1 - x0, y1 - y0), float(confidence)
 
 
 def detect_face_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
