@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-format", choices=("png", "webp", "jpeg"), default=None,
                         help="encoding of the photo columns; mask and normals stay PNG (config: output.image_format)")
     parser.add_argument("--png-codec", choices=("fpng", "zlib"), default=None,
-                        help="PNG writer: fpng (default; about 10x faster, files about 20%% larger) or zlib "
+                        help="PNG writer: fpng (default; about 10x faster, files about 17%% larger) or zlib "
                         "(config: output.png_codec; output.png_compress_level sets the zlib level)")
     parser.add_argument("--image-quality", type=int, default=None,
                         help="webp/jpeg quality 1-100 (config: output.image_quality, default 95)")

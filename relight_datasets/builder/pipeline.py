@@ -42,7 +42,7 @@ def encode_image(array: np.ndarray | None, image_format: str = "png", quality: i
                  compress_level: int = 1, png_codec: str = "zlib") -> dict | None:
     """uint8 ``H x W x 3`` (RGB) or ``H x W`` (mode L) -> ``{"bytes": ..., "path": None}`` for ``datasets.Image``;
     ``image_format`` png (lossless), webp or jpeg (``quality`` 1-100). PNGs are written by zlib at
-    ``compress_level``, or for RGB with ``png_codec="fpng"`` by fpng (about 10x faster, files about 20 % larger;
+    ``compress_level``, or for RGB with ``png_codec="fpng"`` by fpng (about 10x faster, files about 17 % larger;
     it writes RGB/RGBA only, so masks stay zlib). None stays None (a skipped row)."""
     if array is None:
         return None
