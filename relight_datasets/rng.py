@@ -1,7 +1,9 @@
 """Per-row random streams.
 
 Every random draw for a row comes from a generator seeded by ``(global seed, image_id, stream)``, so a row's
-result does not depend on batch size, batch order or the number of processes.
+result does not depend on batch size, batch order or the number of processes. Generators and draws live on the
+CPU (``device="cpu"``, said explicitly), so a row draws the same numbers on every machine; values drawn here are
+Python numbers, and a tensor drawn from a row generator is moved to the data's device where it meets the data.
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ def row_generator(seed: int, image_id: str, stream: str) -> torch.Generator:
 
 def uniform(generator: torch.Generator, low: float, high: float) -> float:
     """One float drawn uniformly from ``[low, high)``."""
-    return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+    return low + (high - low) * torch.rand((), generator=generator, device="cpu", dtype=torch.float64).item()
 
 
 def randint(generator: torch.Generator, low: int, high: int) -> int:
     """One integer drawn uniformly from ``[low, high]`` (both ends included)."""
-    return int(torch.randint(low, high + 1, (), generator=generator).item())
+    return int(torch.randint(low, high + 1, (), generator=generator, device="cpu", dtype=torch.int64).item())
 
 
 def choice(generator: torch.Generator, options: list, weights: list[float] | None = None):
     """One element of ``options``, drawn with the given relative weights (uniform when omitted)."""
-    w = torch.ones(len(options), dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
+    if weights is None:
+        w = torch.ones(len(options), device="cpu", dtype=torch.float64)
+    else:
+        w = torch.tensor(weights, device="cpu", dtype=torch.float64)
     index = int(torch.multinomial(w, 1, generator=generator).item())
     return options[index]

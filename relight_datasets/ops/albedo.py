@@ -32,13 +32,13 @@ def masked_quantiles(values: torch.Tensor, mask: torch.Tensor, q: torch.Tensor) 
     empty = ~sampled_mask.any(dim=-1, keepdim=True)
     keep = sampled_mask | empty
     masked = torch.where(keep, sampled_values, torch.full_like(sampled_values, float("nan")))
-    return torch.nanquantile(masked, q.to(values.dtype), dim=-1).permute(1, 2, 0)
+    return torch.nanquantile(masked, q.to(device=values.device, dtype=values.dtype), dim=-1).permute(1, 2, 0)
 
 
 def stretch_to_unit(values: torch.Tensor, mask: torch.Tensor, percent: float) -> torch.Tensor:
     """Per-channel linear stretch mapping the ``percent`` and ``100 - percent`` percentiles (over the mask) to 0 and 1,
     clipped. ``percent = 0`` is a min/max stretch. ``B x C x H x W`` -> same."""
-    q = torch.tensor([percent / 100.0, 1.0 - percent / 100.0], device=values.device)
+    q = torch.tensor([percent / 100.0, 1.0 - percent / 100.0], device=values.device, dtype=values.dtype)
     bounds = masked_quantiles(values, mask, q)
     low, high = bounds[..., 0, None, None], bounds[..., 1, None, None]
     return ((values - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
@@ -79,13 +79,20 @@ def retinex_albedo(
         raise ValueError(f"unknown Retinex colour mode {color!r} (valid: luminance, channels)")
     intensity = luminance(image)
     reflectance = torch.exp(multi_scale_retinex(intensity, mask, scales))
-    median = torch.tensor([0.5], device=image.device)
+    median = torch.tensor([0.5], device=image.device, dtype=image.dtype)
     level = masked_quantiles(intensity, mask, median) / masked_quantiles(reflectance, mask, median).clamp_min(1e-6)
     target = reflectance * level[..., None]
     gain = target / intensity.clamp_min(RETINEX_EPS)
     headroom = 1.0 / image.amax(dim=1, keepdim=True).clamp_min(RETINEX_EPS)  # keep every channel <= 1
     # The mask is 0/1, so masking the one-channel gain equals masking the clamped image, at a third of the cost.
     return (image * torch.minimum(gain, headroom).mul_(mask)).clamp_(0, 1)
+
+
+def _spatial_weight(squared_distance: int, sigma_space: float) -> float:
+    """The bilateral filter's spatial weight ``exp(-d^2 / (2 sigma^2))`` as a Python float, evaluated in float32 on
+    the CPU (so the weight, and the filter's result, are the same on every device)."""
+    exponent = torch.tensor(-squared_distance / (2 * sigma_space**2), device="cpu", dtype=torch.float32)
+    return torch.exp(exponent).item()
 
 
 def bilateral_filter(
@@ -109,7 +116,7 @@ def bilateral_filter(
                 continue
             neighbour = padded[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w]
             valid = padded_weights[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w]
-            spatial = torch.exp(torch.tensor(-(dx * dx + dy * dy) / (2 * sigma_space**2)))
+            spatial = _spatial_weight(dx * dx + dy * dy, sigma_space)
             weight = valid * spatial * torch.exp(-((neighbour - image) ** 2) / (2 * sigma_color**2))
             numerator += weight * neighbour
             denominator += weight

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 # sRGB (D65) -> CIE XYZ
 _RGB_TO_XYZ = torch.tensor(
     [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
+    device="cpu",
     dtype=torch.float64,
 )
 _WHITE_D65 = (0.950456, 1.0, 1.088754)
@@ -53,17 +53,3 @@ def luminance(rgb: torch.Tensor) -> torch.Tensor:
     """Rec. 709 luma of ``B x 3 x H x W`` -> ``B x 1 x H x W``."""
     weights = torch.tensor([0.2126, 0.7152, 0.0722], device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
     return (rgb * weights).sum(dim=1, keepdim=True)
-
-
-def uint8_to_float(images: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
-    """Equal-sized ``H x W x C`` (or ``H x W``) uint8 arrays -> ``B x C x H x W`` float32 in [0, 1] on ``device``,
-    contiguous: the reordering is done on the uint8 copy (a quarter of the bytes), and a channels-last float tensor
-    would make every later broadcast against a ``B x 1 x H x W`` mask about twice as slow on the CPU."""
-    stacked = np.stack([im if im.ndim == 3 else im[:, :, None] for im in images])
-    return torch.from_numpy(stacked).to(device).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
-
-
-def float_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    """``B x C x H x W`` float in [0, 1] -> list of ``H x W x C`` uint8 arrays (``H x W`` when C == 1), rounded."""
-    arrays = images.clamp(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    return [a[:, :, 0] if a.shape[2] == 1 else a for a in arrays]

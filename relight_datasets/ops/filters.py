@@ -20,9 +20,10 @@ MIN_WORKING_SIGMA = 3.0
 
 @lru_cache(maxsize=64)
 def _gaussian_taps(sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """Unnormalised 1-D Gaussian ``exp(-d^2 / (2 sigma^2))`` for ``|d| <= 4 sigma``."""
+    """Unnormalised 1-D Gaussian ``exp(-d^2 / (2 sigma^2))`` for ``|d| <= 4 sigma``, computed on the CPU in float64
+    (the same taps on every device) and moved to ``device``."""
     radius = max(1, math.ceil(4 * sigma))
-    distance = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    distance = torch.arange(-radius, radius + 1, device="cpu", dtype=torch.float64)
     return torch.exp(-0.5 * (distance / sigma) ** 2).to(device=device, dtype=dtype)
 
 

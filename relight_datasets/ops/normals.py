@@ -47,7 +47,8 @@ def normals_from_depth(depth: torch.Tensor, larger_is_closer: bool = True, relie
     """
     b, _, h, w = depth.shape
     flat = depth.reshape(b, -1).double()
-    q = torch.quantile(flat[:, :: max(1, flat.shape[1] // 65536)], torch.tensor([0.02, 0.98], dtype=flat.dtype), dim=1)
+    probabilities = torch.tensor([0.02, 0.98], device=flat.device, dtype=flat.dtype)
+    q = torch.quantile(flat[:, :: max(1, flat.shape[1] // 65536)], probabilities, dim=1)
     low, high = q[0].view(b, 1, 1, 1), q[1].view(b, 1, 1, 1)
     unit = ((depth.double() - low) / (high - low).clamp_min(1e-12)).to(depth.dtype)
     if not larger_is_closer:

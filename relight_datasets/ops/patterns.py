@@ -227,11 +227,12 @@ def _fbm(frame: _Frame, seed: int, octaves: int, base_frequency: float, persiste
     """
     generator = _private_generator(seed)
     g = _TABLE_SIZE
-    angles = torch.rand(1, g, g, generator=generator, dtype=torch.float64) * (2 * math.pi)
+    angles = torch.rand(1, g, g, generator=generator, device="cpu", dtype=torch.float64) * (2 * math.pi)
     corners = _corner_table(torch.cat([torch.cos(angles), torch.sin(angles)]))
     corners = corners.to(device=frame.device, dtype=torch.float32)
-    octave_angles = (torch.rand(octaves, generator=generator, dtype=torch.float64) * (2 * math.pi)).tolist()
-    offsets = (torch.rand(octaves, 2, generator=generator, dtype=torch.float64) * g).tolist()
+    octave_angles = torch.rand(octaves, generator=generator, device="cpu", dtype=torch.float64) * (2 * math.pi)
+    offsets = torch.rand(octaves, 2, generator=generator, device="cpu", dtype=torch.float64) * g
+    octave_angles, offsets = octave_angles.tolist(), offsets.tolist()
     total = torch.zeros_like(frame.u)
     amplitude, norm = 1.0, 0.0
     for octave in range(octaves):
@@ -284,7 +285,7 @@ def _gather_cells(
     """Values (``C x N x H x W``) of the cells at ``neighbours`` offsets from the cells ``base`` (``H x W``) in a
     bordered ``C x (g+2)^2`` table (offsets of at most one cell)."""
     row = g + 2
-    offsets = torch.tensor([dy * row + dx for dx, dy in neighbours], device=base.device)
+    offsets = torch.tensor([dy * row + dx for dx, dy in neighbours], device=base.device, dtype=base.dtype)
     flat = (base.reshape(1, -1) + offsets[:, None]).reshape(-1)
     return table.index_select(1, flat).reshape(table.shape[0], len(neighbours), *base.shape)
 
@@ -412,8 +413,9 @@ def _render_voronoi(frame: _Frame, p: dict) -> torch.Tensor:
     """
     generator = _private_generator(p["seed"])
     g = _TABLE_SIZE
-    sites = 0.5 + p["jitter"] * (torch.rand(2, g, g, generator=generator) - 0.5)  # site in its cell, cell units
-    shaded = (torch.rand(1, g, g, generator=generator) < p["fill_fraction"]).float()
+    jitter = torch.rand(2, g, g, generator=generator, device="cpu", dtype=torch.float32) - 0.5
+    sites = 0.5 + p["jitter"] * jitter  # site in its cell, cell units
+    shaded = (torch.rand(1, g, g, generator=generator, device="cpu", dtype=torch.float32) < p["fill_fraction"]).float()
     table = _bordered_table(torch.cat([sites, shaded]), wrap=True).to(frame.device)
     size = p["cell_size"]
     qx, qy = frame.u / size, frame.v / size
@@ -596,7 +598,8 @@ def _foliage_skeleton(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
                     clusters.append([tx, ty, radius * draw.uniform(0.6, 1.0)])
             x, y = nx, ny
         clusters.append([x, y, radius * draw.uniform(0.8, 1.2)])
-    return torch.tensor(segments, dtype=torch.float32), torch.tensor(clusters, dtype=torch.float32)
+    return (torch.tensor(segments, device="cpu", dtype=torch.float32),
+            torch.tensor(clusters, device="cpu", dtype=torch.float32))
 
 
 def _render_foliage(frame: _Frame, p: dict) -> torch.Tensor:
@@ -612,15 +615,15 @@ def _render_foliage(frame: _Frame, p: dict) -> torch.Tensor:
     cell = 1.2 * p["leaf_size"]
 
     # Leaf table (g x g cells centred on the pattern origin): centre, orientation, axes; absent leaves are moved far.
-    index = torch.arange(g, dtype=torch.float32) - g // 2
-    jitter = 0.5 + 0.7 * (torch.rand(2, g, g, generator=generator) - 0.5)
+    index = torch.arange(g, device="cpu", dtype=torch.float32) - g // 2
+    jitter = 0.5 + 0.7 * (torch.rand(2, g, g, generator=generator, device="cpu", dtype=torch.float32) - 0.5)
     centre_x = (index[None, :] + jitter[0]) * cell
     centre_y = (index[:, None] + jitter[1]) * cell
     to_x = centre_x[..., None] - clusters[:, 0]
     to_y = centre_y[..., None] - clusters[:, 1]
     reach = torch.sqrt(to_x**2 + to_y**2) / clusters[:, 2]
     closeness, nearest = reach.min(dim=-1, keepdim=True)
-    random = torch.rand(4, g, g, generator=generator)
+    random = torch.rand(4, g, g, generator=generator, device="cpu", dtype=torch.float32)
     present = (closeness[..., 0] < 1.0 - 0.35 * random[0]) & (random[1] < p["leaf_density"])
     angle = torch.atan2(to_y.gather(-1, nearest), to_x.gather(-1, nearest))[..., 0] + 1.2 * (random[2] - 0.5)
     semi_major = p["leaf_size"] * (0.75 + 0.25 * random[3])
@@ -714,7 +717,8 @@ def render_pattern(
     0 = lit), unblurred; ``params`` is a JSON-serialisable dict with ``family``, ``rotation_deg`` (degrees in
     [0, 360)), ``scale`` (magnification of the pattern), ``translate`` (``[tx, ty]``, fractions of the image width
     and height) and the family's own parameters (see the module docstring for the frame). All random numbers come
-    from ``generator`` (drawn on its device); the same generator state gives the same output. Raises
+    from ``generator``, a CPU generator (e.g. :func:`relight_datasets.rng.row_generator`: the same draws on every
+    machine); the same generator state gives the same output, rendered on ``device``. Raises
     ``ValueError`` for an unknown family.
     """
     _check_family(family)
