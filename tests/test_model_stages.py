@@ -67,9 +67,10 @@ def test_sam3_rows_record_the_model(tiny, faces, tmp_path):
 
 
 def test_sam3_finding_nobody_skips_rows_as_no_person(tiny, faces, tmp_path):
-    code, rows, report = build(faces, tmp_path / "o", "--segmenter", "sam3", "--sam3-model", str(tiny["sam3"]),
-                               "--normals", "classical", "--set", "segmentation.score_threshold=1")
-    assert code == 0
+    code, _, _ = build(faces, tmp_path / "o", "--segmenter", "sam3", "--sam3-model", str(tiny["sam3"]),
+                       "--normals", "classical", "--set", "segmentation.score_threshold=1")
+    assert code == 1  # a build that processed nothing writes no dataset, only its counts
+    report = json.loads((tmp_path / "o" / ".work" / "build_report.json").read_text())
     assert report["processed"] == 0 and report["skipped"] == {"no_person": 3}
 
 
@@ -91,12 +92,14 @@ def test_sam2_takes_face_prior_boxes_when_the_detector_cannot_load(tiny, faces, 
 def test_sam2_box_prompts_fall_back_to_the_face_prior(tiny, face_paths):
     segmenter = Sam2BoxSegmenter(str(tiny["sam2"]), torch.device("cpu"), torch.float32, fallback_box=face_prior_box)
     images = [load_rgb(face_paths[0], 256), np.full((256, 256, 3), 128, np.uint8)]  # a face; a blank wall
-    boxes = segmenter.boxes(images)
+    tensors = [torch.tensor(image, device="cpu", dtype=torch.uint8).permute(2, 0, 1) for image in images]
+    boxes = segmenter.boxes(tensors, images)
     assert boxes[0] == [face_prior_box(images[0])] and boxes[1] == []
     x0, y0, x1, y1 = boxes[0][0]
     assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256 and (x1 - x0) * (y1 - y0) > 0.2 * 256 * 256
-    results = segmenter(images)
+    results = segmenter(tensors, images)
     assert results[1] is None and results[0].mask.shape == (256, 256)
+    assert results[0].mask.dtype == torch.uint8 and set(results[0].mask.unique().tolist()) <= {0, 255}
 
 
 @pytest.mark.parametrize("name", ["depth", "dpt"])

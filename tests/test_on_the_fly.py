@@ -17,14 +17,22 @@ from torch.utils.data import DataLoader
 
 from relight_datasets.cli import main
 from relight_datasets.config import BuildConfig, load_config
-from relight_datasets.ops.color import float_to_uint8, uint8_to_float
 from relight_datasets.ops.composite import background_plate, composite, feathered_alpha
 from relight_datasets.ops.normals import decode_normals, encode_normals
+from relight_datasets.relighting import draw_light, relit_foreground
 from relight_datasets.rng import row_generator
 from relight_datasets.transforms import Compose, PairedTransform, RelightBatch, RelightOnTheFly
-from relight_datasets.transforms.degradation import draw_lighting, relight
+from relight_datasets.transforms.base import download_images, uint8_to_unit, upload_images
 from relight_datasets.transforms.on_the_fly import resolve_config
 from tests.conftest import sphere_normals
+
+
+def uint8_to_float(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Equal-sized uint8 arrays -> float ``B x C x H x W`` in [0, 1] on the CPU, as the build's stages read them."""
+    return uint8_to_unit(upload_images(arrays, torch.device("cpu")))
+
+
+float_to_uint8 = download_images
 
 FACES_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "faces"
 RESOLUTION = 128
@@ -98,16 +106,16 @@ def collate(batch: dict, keys=IMAGE_KEYS) -> dict:
 
 
 def test_stored_degraded_and_composite_are_reproduced_from_the_stored_columns(built, rows):
-    """relight() on the stored uint8 albedo/normals/mask with the build's draw gives the stored degraded bit for bit,
-    and compositing it over the input gives the stored composite: the stored columns are all the on-the-fly path
-    needs."""
+    """relit_foreground() on the stored uint8 albedo/normals/mask with the build's draw gives the stored degraded bit
+    for bit, and compositing it over the input gives the stored composite: the stored columns are all the on-the-fly
+    path needs."""
     _, config = built
     for row in range(3):
         albedo, normals, mask, image = (uint8_to_float([np.asarray(rows[c][row])])
                                         for c in ("albedo", "normals", "mask", "input"))
-        draw = draw_lighting(config, row_generator(config.seed, rows["image_id"][row], "degradation"))
-        degraded, _ = relight(albedo, decode_normals(normals), (mask > 0.5).float(), [draw],
-                              config.reference_resolution)
+        light = draw_light(config, row_generator(config.seed, rows["image_id"][row], "degradation"))
+        degraded, _, _ = relit_foreground(albedo, decode_normals(normals), (mask > 0.5).float(), [light],
+                                          config.reference_resolution)
         degraded_u8 = float_to_uint8(degraded)[0]
         np.testing.assert_array_equal(degraded_u8, np.asarray(rows["degraded"][row]))
         alpha = feathered_alpha(mask, config.recombination.feather_px * RESOLUTION / config.reference_resolution)

@@ -1,28 +1,40 @@
-"""The whole per-batch pipeline: decode -> segment -> normals -> albedo -> relight -> composite -> instruction ->
-encode. One object, one ``Dataset.map`` pass; intermediate images stay in memory between stages."""
+"""The whole per-batch pipeline: decode -> segment -> normals -> albedo -> relight -> encode. One object, one
+``Dataset.map`` pass.
+
+Images cross between host and device twice: each decoded input is copied to the device once (uint8), rows of one
+size are grouped once, every stage works on device tensors (each stored image column rounded to the 8-bit grid on
+the device, so later stages consume exactly what is stored), and each stored image but ``input`` (already on the
+host) is copied back once, as uint8, to be encoded."""
 
 from __future__ import annotations
 
 import io
+import logging
 import time
 from functools import cache, partial
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..config import BuildConfig
-from ..transforms import (
-    AlbedoStage,
-    DegradationStage,
-    InstructionStage,
-    LoadStage,
-    NormalsStage,
-    RecombinationStage,
-    SegmentationStage,
+from ..transforms import AlbedoStage, LoadStage, NormalsStage, RelightStage, SegmentationStage
+from ..transforms.base import (
+    SKIP_COLUMN,
+    TIMING_LOCK,
+    DeviceBatch,
+    ThreadPool,
+    download_images,
+    group_by_shape,
+    skip_reasons,
 )
-from ..transforms.base import SKIP_COLUMN, TIMING_LOCK, ThreadPool
+from ..transforms.load import ImageSkip
 from .features import FEATURES, IMAGE_COLUMNS
 
+logger = logging.getLogger(__name__)
+
+PROCESSING_ERROR = "processing_error"
+"""Skip reason of a row on which a stage raised."""
 LOSSLESS_COLUMNS = ("mask", "normals")
 """Always PNG: they are data (a mask, a vector field), not photographs."""
 
@@ -63,13 +75,15 @@ class RelightPipeline:
     """Callable for ``Dataset.map(pipeline, batched=True, with_rank=True)``: source rows in, dataset rows out.
 
     Rows that cannot be processed come out with their ``skip_reason`` set and empty images; the builder counts and
-    drops them. ``timings`` accumulates seconds per stage (and ``encode``) in this process.
+    drops them. ``timings`` accumulates seconds per stage (``decode`` includes the copy to the device, ``encode``
+    the copy back) in this process.
     """
 
     def __init__(self, config: BuildConfig, device: str = "auto", encode_threads: int | None = None):
         self.config = config
-        self.stages = [cls(config, device) for cls in (LoadStage, SegmentationStage, NormalsStage, AlbedoStage,
-                                                      DegradationStage, RecombinationStage, InstructionStage)]
+        self.loader = LoadStage(config, device)
+        self.stages = [self.loader, *(cls(config, device) for cls in (SegmentationStage, NormalsStage, AlbedoStage,
+                                                                    RelightStage))]
         if config.output.png_codec == "fpng":
             fpng_encoder()  # a missing package fails here, before any row is processed
         self.encoder = ThreadPool(encode_threads)
@@ -101,13 +115,86 @@ class RelightPipeline:
         encoded = iter(self.encoder.map(lambda job: job[0](job[1]), jobs))
         return {name: [next(encoded) for _ in columns[name]] for name in names}
 
-    def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:
-        batch = dict(batch)
-        for stage in self.stages:
-            batch.update(stage(batch, rank))
+    def _upload(self, batch: dict[str, list], rank: int | None) -> tuple[list[DeviceBatch], list[str]]:
+        """Decode every row not already skipped, and copy each decoded image to the device once, grouped by size.
+        Returns the device batches (each with its rows' positions in ``values["row"]``) and the skip reasons."""
         started = time.perf_counter()
-        batch.update(self._encode({name: batch[name] for name in IMAGE_COLUMNS}))
+        size = len(batch["image_id"])
+        skip = skip_reasons(batch, size)
+        rows = [row for row in range(size) if not skip[row]]
+        decoded: list = [None] * size
+        for row, result in zip(rows, self.loader.decode([batch["input"][row] for row in rows]), strict=True):
+            if isinstance(result, ImageSkip):
+                skip[row] = result.reason
+            else:
+                decoded[row] = result
+        device = self.loader.device(rank)
+        shapes = [None if array is None else array.shape for array in decoded]
+        groups = [DeviceBatch.upload([str(batch["image_id"][row]) for row in group], [decoded[row] for row in group],
+                                     device).add({"row": group})
+                  for group in group_by_shape(shapes, [row for row in rows if decoded[row] is not None]).values()]
         with TIMING_LOCK:
-            self.encode_seconds += time.perf_counter() - started
-        batch["seed"] = [self.config.seed] * len(batch["image_id"])
-        return {name: batch[name] for name in [*FEATURES, SKIP_COLUMN]}
+            self.loader.seconds += time.perf_counter() - started
+        return groups, skip
+
+    def _run_stages(self, group: DeviceBatch, skip: list[str], rank: int | None) -> DeviceBatch:
+        """Every stage after decoding on one device batch; rows a stage drops get their reason in ``skip``."""
+        for stage in self.stages[1:]:
+            outputs = stage.timed_forward(group, rank)
+            reasons = outputs.pop(SKIP_COLUMN, None)
+            group = group.add(outputs)
+            if reasons is not None and any(reasons):
+                for row, reason in zip(group.values["row"], reasons, strict=True):
+                    skip[row] = reason
+                group = group.select([index for index, reason in enumerate(reasons) if not reason])
+                if not len(group):
+                    break
+        return group
+
+    def __call__(self, batch: dict[str, list], rank: int | None = None) -> dict[str, list]:
+        groups, skip = self._upload(batch, rank)
+        size = len(skip)
+        rows = {name: [None] * size for name in FEATURES}
+        rows.update(image_id=list(batch["image_id"]), source=list(batch["source"]), seed=[self.config.seed] * size)
+        with torch.inference_mode():
+            for group in groups:
+                group = self._run_stages(group, skip, rank)
+                if not len(group):
+                    continue
+                started = time.perf_counter()
+                # the inputs are on the host already; every other image column comes back once, as uint8
+                stored = {name: group.host_input if name == "input" else download_images(group.images[name])
+                          for name in IMAGE_COLUMNS}
+                encoded = self._encode(stored)
+                for column, values in [*encoded.items(), *group.values.items()]:
+                    if column in rows:
+                        for row, value in zip(group.values["row"], values, strict=True):
+                            rows[column][row] = value
+                with TIMING_LOCK:
+                    self.encode_seconds += time.perf_counter() - started
+        rows[SKIP_COLUMN] = skip
+        return rows
+
+
+def run_isolating_failures(pipeline: RelightPipeline, batch: dict[str, list],
+                           rank: int | None = None) -> tuple[dict[str, list], dict[str, str]]:
+    """``pipeline(batch, rank)``; if it raises, row by row, so one image that breaks a stage costs only its own row
+    (``skip_reason = "processing_error"``, no images). Returns the columns and ``{image_id: "ErrorType: message"}``
+    of the rows that failed. Only ``Exception`` is caught: an interrupt is never turned into failed rows."""
+    try:
+        return pipeline(batch, rank), {}
+    except Exception:  # noqa: BLE001 - isolate the failing row below
+        logger.debug("batch failed, retrying row by row", exc_info=True)
+    rows, errors = [], {}
+    for index in range(len(batch["image_id"])):
+        try:
+            rows.append(pipeline({name: values[index : index + 1] for name, values in batch.items()}, rank))
+        except Exception as error:  # noqa: BLE001 - recorded as a skipped row, with its reason logged
+            image_id = batch["image_id"][index]
+            logger.warning("%s: skipped (%s: %s)", image_id, type(error).__name__, error)
+            errors[image_id] = f"{type(error).__name__}: {error}"
+            failed = {name: [None] for name in FEATURES}
+            failed.update(image_id=[image_id], source=[batch["source"][index]], seed=[pipeline.config.seed])
+            failed[SKIP_COLUMN] = [PROCESSING_ERROR]
+            rows.append(failed)
+    return {name: [value for row in rows for value in row[name]] for name in rows[0]}, errors

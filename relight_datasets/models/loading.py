@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -41,15 +41,17 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
-    def preprocess(self, images: list[np.ndarray], **kwargs) -> dict:
-        """``processor(images=..., **kwargs)`` for ``H x W x 3`` uint8 arrays, run on the model's device (a batch
-        is resized and normalised on the GPU, not the CPU), with ``pixel_values`` in the model's dtype. Box
-        coordinates stay float32 (bf16 would round a 1024 px coordinate to a multiple of 4). The arrays go in as
-        ``3 x H x W`` tensors: decoded images are read-only numpy arrays, which torch will not wrap without a copy."""
-        tensors = [torch.tensor(image).permute(2, 0, 1) for image in images]
-        processed = self.processor(images=tensors, return_tensors="pt", device=self.device, **kwargs)
-        return {name: value.to(self.device, dtype=self.dtype if name == "pixel_values" else None)
+    def preprocess(self, images: Sequence[torch.Tensor], **kwargs) -> dict:
+        """``processor(images=..., **kwargs)`` for ``3 x H x W`` uint8 tensors already on the model's device: resized
+        and normalised there, ``pixel_values`` cast to the model's dtype, box coordinates left float32 (bf16 would
+        round a 1024 px coordinate to a multiple of 4). Tensors the processor makes elsewhere (a tokenizer's ids
+        start on the host) are moved to the model's device."""
+        processed = self.processor(images=list(images), return_tensors="pt", device=self.device, **kwargs)
+        return {name: self._on_device(value, self.dtype if name == "pixel_values" else value.dtype)
                 if isinstance(value, torch.Tensor) else value for name, value in processed.items()}
+
+    def _on_device(self, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return value.to(dtype=dtype) if value.device == self.device else value.to(self.device, dtype)
 
     def describe(self) -> dict:
         return {"model": self.model_id, "revision": self.revision, "device": str(self.device),

@@ -1,8 +1,9 @@
 """Model-backed person segmentation: SAM3 from a text prompt, and SAM2 from boxes (a text-prompted detector's, or
 the face-prior box of the classical segmenter).
 
-Both take a batch of ``H x W x 3`` uint8 images (sizes may differ) and return, per image, a
-:class:`SegmentedPerson` or None when no person was found. Each batch is one forward pass.
+Both take a batch of ``3 x H x W`` uint8 image tensors on the model's device (sizes may differ; a ``B x 3 x H x W``
+tensor is such a batch) and return, per image, a :class:`SegmentedPerson` whose mask stays on that device, or None
+when no person was found. Each batch is one forward pass; nothing crosses to the host but scores and boxes.
 
 SAM2 runs through ``transformers`` (``Sam2Model``), not the ``sam2`` package: the same ``from_pretrained`` path for
 Hub ids and local folders (so tiny test checkpoints exercise exactly the production code), batched box prompts
@@ -11,7 +12,7 @@ for whole batches, bf16 through ``dtype``, and no CUDA extension to build.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +27,8 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class SegmentedPerson:
-    mask: np.ndarray
-    """``H x W`` uint8, 255 = person."""
+    mask: torch.Tensor
+    """``H x W`` uint8, 255 = person, on the device the segmenter ran on."""
     score: float
     """Model confidence in [0, 1]."""
 
@@ -37,8 +38,9 @@ def upsample_probabilities(probabilities: torch.Tensor, size: tuple[int, int]) -
     return F.interpolate(probabilities[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def _binary(probabilities: torch.Tensor, threshold: float) -> np.ndarray:
-    return ((probabilities > threshold).to(torch.uint8) * 255).cpu().numpy()
+def _binary(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Probabilities -> uint8 mask (255 above ``threshold``), on their device."""
+    return (probabilities > threshold).to(torch.uint8) * 255
 
 
 def unite_instances(logits: torch.Tensor, presence_logits: torch.Tensor | None, mask_logits: torch.Tensor,
@@ -74,8 +76,10 @@ class Sam3TextSegmenter:
         self.prompt, self.score_threshold, self.mask_threshold = prompt, score_threshold, mask_threshold
 
     @torch.inference_mode()
-    def __call__(self, images: list[np.ndarray]) -> list[SegmentedPerson | None]:
-        outputs = self.loaded.model(**self.loaded.preprocess(images, text=[self.prompt] * len(images)))
+    def __call__(self, images: Sequence[torch.Tensor]) -> list[SegmentedPerson | None]:
+        """``images``: ``3 x H x W`` uint8 tensors on the model's device."""
+        inputs = self.loaded.preprocess(images, text=[self.prompt] * len(images))
+        outputs = self.loaded.model(**inputs)
         presence = getattr(outputs, "presence_logits", None)
         union, kept, mean_scores = unite_instances(outputs.pred_logits, presence, outputs.pred_masks,
                                                    self.score_threshold)
@@ -85,7 +89,7 @@ class Sam3TextSegmenter:
             if kept[index] == 0:
                 results.append(None)
                 continue
-            mask = upsample_probabilities(union[index : index + 1], image.shape[:2])[0]
+            mask = upsample_probabilities(union[index : index + 1], tuple(image.shape[-2:]))[0]
             results.append(SegmentedPerson(_binary(mask, self.mask_threshold), mean_scores[index]))
         return results
 
@@ -102,13 +106,14 @@ class TextBoxDetector:
         self.threshold, self.max_boxes = threshold, max_boxes
 
     @torch.inference_mode()
-    def __call__(self, images: list[np.ndarray]) -> list[tuple[list[Box], list[float]]]:
+    def __call__(self, images: Sequence[torch.Tensor]) -> list[tuple[list[Box], list[float]]]:
+        """``images``: ``3 x H x W`` uint8 tensors on the model's device -> per image, (boxes, scores)."""
         inputs = self.loaded.preprocess(images, text=[self.prompt.lower()] * len(images))
         outputs = self.loaded.model(**inputs)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
         detections = self.loaded.processor.post_process_grounded_object_detection(
             outputs, inputs["input_ids"], threshold=self.threshold, text_threshold=self.threshold,
-            target_sizes=[image.shape[:2] for image in images])
+            target_sizes=[tuple(image.shape[-2:]) for image in images])
         found = []
         for detection in detections:
             order = detection["scores"].argsort(descending=True)[: self.max_boxes]
@@ -133,19 +138,24 @@ class Sam2BoxSegmenter:
         self.loaded = load_pretrained("SAM2 segmentation", "Sam2Model", "Sam2Processor", model_id, device, dtype)
         self.detector, self.fallback_box, self.mask_threshold = detector, fallback_box, mask_threshold
 
-    def boxes(self, images: list[np.ndarray]) -> list[list[Box]]:
-        """Box prompts per image (empty when neither the detector nor the face prior finds anyone)."""
+    def boxes(self, images: Sequence[torch.Tensor], host_images: Sequence[np.ndarray]) -> list[list[Box]]:
+        """Box prompts per image (empty when neither the detector nor the face prior finds anyone). ``images``: the
+        device tensors the detector reads; ``host_images``: the same images as ``H x W x 3`` uint8 arrays on the
+        host, for the face prior (OpenCV)."""
         detected = self.detector(images) if self.detector is not None else [([], [])] * len(images)
         boxes = []
-        for image, (found, _) in zip(images, detected, strict=True):
+        for image, (found, _) in zip(host_images, detected, strict=True):
             if not found and self.fallback_box is not None and (prior := self.fallback_box(image)) is not None:
                 found = [prior]
             boxes.append(found)
         return boxes
 
     @torch.inference_mode()
-    def __call__(self, images: list[np.ndarray]) -> list[SegmentedPerson | None]:
-        boxes = self.boxes(images)
+    def __call__(self, images: Sequence[torch.Tensor],
+                 host_images: Sequence[np.ndarray]) -> list[SegmentedPerson | None]:
+        """``images``: ``3 x H x W`` uint8 tensors on the model's device; ``host_images``: the same images as
+        ``H x W x 3`` uint8 arrays on the host (read only by the face prior)."""
+        boxes = self.boxes(images, host_images)
         results: list[SegmentedPerson | None] = [None] * len(images)
         prompted = [index for index, found in enumerate(boxes) if found]
         if not prompted:
@@ -161,7 +171,7 @@ class Sam2BoxSegmenter:
         for slot, index in enumerate(prompted):
             real = len(boxes[index])
             union = probabilities[slot, :real].amax(dim=0, keepdim=True)
-            mask = upsample_probabilities(union, images[index].shape[:2])[0]
+            mask = upsample_probabilities(union, tuple(images[index].shape[-2:]))[0]
             score = float(iou[slot, :real].clamp(0, 1).mean())
             results[index] = SegmentedPerson(_binary(mask, self.mask_threshold), score)
         return results

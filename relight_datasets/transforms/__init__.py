@@ -1,27 +1,24 @@
-"""Batched map transforms: each stage is a callable ``stage(batch, rank=None) -> dict`` for
-``Dataset.map(stage, batched=True, with_rank=True)``."""
+"""Batched stages (``stage(batch, rank=None) -> dict`` for ``Dataset.map(stage, batched=True, with_rank=True)``,
+and ``stage.forward`` on device tensors inside the build's pipeline) and the training-time transforms."""
 
 from .albedo import AlbedoStage
-from .base import Stage
-from .degradation import DegradationStage
-from .instruction import InstructionStage
+from .base import DeviceBatch, Stage
 from .load import LoadStage
 from .normals import NormalsStage
 from .on_the_fly import Compose, PairedTransform, RelightBatch, RelightOnTheFly
-from .recombination import RecombinationStage
+from .relight_stage import RelightStage
 from .segmentation import SegmentationStage
 
 __all__ = [
     "AlbedoStage",
     "Compose",
-    "DegradationStage",
-    "InstructionStage",
+    "DeviceBatch",
     "LoadStage",
     "NormalsStage",
     "PairedTransform",
-    "RecombinationStage",
     "RelightBatch",
     "RelightOnTheFly",
+    "RelightStage",
     "SegmentationStage",
     "Stage",
 ]

@@ -5,37 +5,36 @@ from __future__ import annotations
 import torch
 
 from ..ops.albedo import blend_with_original, lab_albedo, retinex_albedo
-from ..ops.color import float_to_uint8, uint8_to_float
+from ..relighting import quantize_to_8bit
 from ..rng import row_generator, uniform
-from .base import Stage, group_by_shape, to_uint8_array
+from .base import DeviceBatch, Stage
+
+ALBEDO_STREAM = "albedo"
+"""Name of the per-row random stream the blend ratio is drawn from (:func:`relight_datasets.rng.row_generator`)."""
 
 
 class AlbedoStage(Stage):
-    """Albedo ``H x W x 3`` uint8, black outside the mask, by mask-aware multi-scale Retinex (default) or LAB/bilateral,
+    """Albedo ``3 x H x W``, black outside the mask, by mask-aware multi-scale Retinex (default) or LAB/bilateral,
     with ``albedo_blend_ratio`` ~ U(``albedo.blend_range``) of the original image blended back in."""
 
     name = "albedo"
+    inputs = ("input", "mask")
     outputs = ("albedo", "albedo_method", "albedo_blend_ratio")
 
-    def process(self, batch, rows, outputs, skip, rank):
+    def forward(self, batch: DeviceBatch, rank: int | None) -> dict[str, torch.Tensor | list]:
         cfg = self.config.albedo
-        device = self.device(rank)
-        images = [to_uint8_array(v) if v is not None else None for v in batch["input"]]
-        masks = [to_uint8_array(v) if v is not None else None for v in batch["mask"]]
-        for (h, w), group in group_by_shape(images, rows).items():
-            image = uint8_to_float([images[r] for r in group], device)
-            mask = (uint8_to_float([masks[r] for r in group], device) > 0.5).float()
-            scale = self.scale(h, w)
-            if cfg.method == "retinex":
-                albedo = retinex_albedo(image, mask, [s * scale for s in cfg.retinex_scales], cfg.color_balance_percent,
-                                        cfg.retinex_color)
-            else:
-                albedo = lab_albedo(image, mask, cfg.bilateral_diameter, cfg.bilateral_sigma_color,
-                                    cfg.bilateral_sigma_space * scale, cfg.color_balance_percent)
-            ratios = [uniform(row_generator(self.config.seed, batch["image_id"][r], self.name), *cfg.blend_range)
-                      for r in group]
-            blended = blend_with_original(albedo, image * mask, torch.tensor(ratios))
-            for row, ratio, encoded in zip(group, ratios, float_to_uint8(blended), strict=True):
-                outputs["albedo"][row] = encoded
-                outputs["albedo_method"][row] = cfg.method
-                outputs["albedo_blend_ratio"][row] = ratio
+        image = batch.images["input"]
+        mask = (batch.images["mask"] > 0.5).to(image.dtype)
+        scale = self.scale(*image.shape[-2:])
+        if cfg.method == "retinex":
+            albedo = retinex_albedo(image, mask, [s * scale for s in cfg.retinex_scales], cfg.color_balance_percent,
+                                    cfg.retinex_color)
+        else:
+            albedo = lab_albedo(image, mask, cfg.bilateral_diameter, cfg.bilateral_sigma_color,
+                                cfg.bilateral_sigma_space * scale, cfg.color_balance_percent)
+        ratios = [uniform(row_generator(self.config.seed, image_id, ALBEDO_STREAM), *cfg.blend_range)
+                  for image_id in batch.image_ids]
+        ratio = torch.tensor(ratios, device=image.device, dtype=image.dtype)
+        blended = blend_with_original(albedo, image * mask, ratio)
+        return {"albedo": quantize_to_8bit(blended), "albedo_method": [cfg.method] * len(batch),
+                "albedo_blend_ratio": ratios}

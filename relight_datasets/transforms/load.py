@@ -10,7 +10,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .base import Stage, ThreadPool
 
 MIN_SIDE = 32
-"""Images with a shorter side (after EXIF rotation) are skipped as ``too_small``."""
+"""Images whose shorter side, after EXIF rotation and the downscale to the build resolution, is below this many
+pixels (or below the resolution, when that is smaller) are skipped as ``too_small``: a 1000x40 banner at resolution 128
+would otherwise reach the stages 5 px high."""
 
 
 class ImageSkip(Exception):
@@ -40,7 +42,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def decode_image(value, resolution: int) -> np.ndarray:
     """An undecoded image (``{"bytes"|"path"}`` dict, PIL image, bytes or path) -> ``H x W x 3`` uint8 RGB with the
     EXIF orientation applied, the first frame of animations, and the long side at most ``resolution``.
-    Raises :class:`ImageSkip` for anything unusable."""
+    Raises :class:`ImageSkip` for anything unusable (``too_small``: see ``MIN_SIDE``)."""
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if value is None:
@@ -65,18 +67,21 @@ def decode_image(value, resolution: int) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageSkip("unreadable_image", f"{type(error).__name__}: {error}") from None
     width, height = rgb.size
-    if min(width, height) < MIN_SIDE:
-        raise ImageSkip("too_small", f"{width}x{height}")
-    if max(width, height) > resolution:
-        factor = resolution / max(width, height)
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    factor = min(1.0, resolution / max(width, height))
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    if min(size) < min(MIN_SIDE, resolution):
+        at = "" if size == rgb.size else f" ({size[0]}x{size[1]} at resolution {resolution})"
+        raise ImageSkip("too_small", f"{width}x{height}{at}")
+    if size != rgb.size:
         rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     return np.asarray(rgb)
 
 
 class LoadStage(Stage):
-    """Decodes ``input`` into an RGB uint8 array, one image per core (Pillow's codecs release the GIL); unusable
-    files become skipped rows with a named reason."""
+    """Decodes ``input`` into an RGB uint8 array on the host, one image per core (Pillow's codecs release the GIL);
+    unusable files become skipped rows with a named reason. It is the host side of the pipeline: the pipeline copies
+    what it decodes to the device (:meth:`DeviceBatch.upload <relight_datasets.transforms.base.DeviceBatch.upload>`),
+    and as a ``Dataset.map`` function it returns them as RGB PIL images."""
 
     name = "decode"
     outputs = ("input",)
@@ -91,9 +96,13 @@ class LoadStage(Stage):
         except ImageSkip as problem:
             return problem
 
-    def process(self, batch, rows, outputs, skip, rank):
-        for row, result in zip(rows, self.pool.map(self._decode, [batch["input"][row] for row in rows]), strict=True):
+    def decode(self, values: list) -> list[np.ndarray | ImageSkip]:
+        """Undecoded images -> ``H x W x 3`` uint8 arrays, or the :class:`ImageSkip` saying why not."""
+        return self.pool.map(self._decode, values)
+
+    def map_rows(self, batch, rows, outputs, skip, rank):
+        for row, result in zip(rows, self.decode([batch["input"][row] for row in rows]), strict=True):
             if isinstance(result, ImageSkip):
                 skip[row] = result.reason
             else:
-                outputs["input"][row] = result
+                outputs["input"][row] = Image.fromarray(result)

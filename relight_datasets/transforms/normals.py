@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 
 from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
-from ..ops.color import float_to_uint8, uint8_to_float
 from ..ops.normals import encode_normals, normals_from_depth, normals_from_mask
-from .base import Stage, group_by_shape, to_uint8_array
+from ..relighting import quantize_to_8bit
+from .base import DeviceBatch, Stage
 
 NORMAL_ESTIMATORS = ("auto", "depth", "classical")
 
 
 class NormalsStage(Stage):
-    """RGB-encoded normals (``H x W x 3`` uint8, see :func:`relight_datasets.ops.normals.encode_normals`).
+    """RGB-encoded normals (``3 x H x W`` on the 8-bit grid, see :func:`relight_datasets.ops.normals.encode_normals`).
 
     ``depth`` runs ``normals.depth_model`` on the input image and differentiates its relative depth, normalised so
     the result depends on neither the model's units nor the image size (``normals_method = "depth"``).
@@ -23,6 +23,7 @@ class NormalsStage(Stage):
     """
 
     name = "normals"
+    inputs = ("input", "mask")
     outputs = ("normals", "normals_method")
 
     def __init__(self, config, device="cpu"):
@@ -57,23 +58,14 @@ class NormalsStage(Stage):
             return {"method": "mask_inflation", **({"fallbacks": [self.fallback]} if self.fallback else {})}
         return {"method": "depth", **estimator.loaded.describe()}
 
-    def process(self, batch, rows, outputs, skip, rank):
+    def forward(self, batch: DeviceBatch, rank: int | None) -> dict[str, torch.Tensor | list]:
         estimator = self.prepare(rank)
-        device = self.device(rank)
         cfg = self.config.normals
         if estimator is None:
-            arrays = [to_uint8_array(m) if m is not None else None for m in batch["mask"]]
+            normals = normals_from_mask(batch.images["mask"], cfg.inflation_sigma, cfg.edge_tilt_deg)
+            method = "mask_inflation"
         else:
-            arrays = [to_uint8_array(image) if image is not None else None for image in batch["input"]]
-        for group in group_by_shape(arrays, rows).values():
-            if estimator is None:
-                mask = uint8_to_float([arrays[r] for r in group], device)
-                normals = normals_from_mask(mask, cfg.inflation_sigma, cfg.edge_tilt_deg)
-                method = "mask_inflation"
-            else:
-                depth = estimator([arrays[r] for r in group]).to(device)
-                normals = normals_from_depth(depth, estimator.larger_is_closer, cfg.depth_relief)
-                method = "depth"
-            for row, encoded in zip(group, float_to_uint8(encode_normals(normals)), strict=True):
-                outputs["normals"][row] = encoded
-                outputs["normals_method"][row] = method
+            depth = estimator(batch.input_uint8)
+            normals = normals_from_depth(depth, estimator.larger_is_closer, cfg.depth_relief)
+            method = "depth"
+        return {"normals": quantize_to_8bit(encode_normals(normals)), "normals_method": [method] * len(batch)}

@@ -1,8 +1,9 @@
 """Training-time transforms: paired augmentation and fresh lighting at every epoch.
 
 A built dataset stores one relit version of each photo. These callables turn it into an endless supply of pairs:
-:class:`RelightOnTheFly` re-runs the build's degradation and recombination (``degraded``, ``composite`` and the
-lighting metadata) from the stored ``albedo``, ``normals``, ``mask`` and ``input`` with newly drawn lighting;
+:class:`RelightOnTheFly` re-runs the build's relighting (:func:`relight_datasets.relighting.relight`: ``degraded``,
+``composite`` and the lighting metadata) from the stored ``albedo``, ``normals``, ``mask`` and ``input`` with newly
+drawn lighting;
 :class:`PairedTransform` crops, resizes and flips every image column of a row identically; :class:`RelightBatch`
 relights a collated batch on the training device (GPU); :class:`Compose` chains them.
 
@@ -31,18 +32,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import BuildConfig, config_from_dict, load_config
-from ..ops.composite import background_plate, composite, feathered_alpha
-from ..ops.normals import decode_normals
+from ..relighting import DEGRADATION_STREAM, LABEL_COLUMNS, DrawnLight, draw_light, lighting_instruction, relight
 from ..rng import randint, row_generator, uniform
 from .base import IMAGE_COLUMNS, resolve_device, to_uint8_array
-from .degradation import DegradationStage, LightingDraw, draw_lighting, relight
-from .instruction import lighting_instruction
 
-DEGRADATION_STREAM = DegradationStage.name
-"""The build's random stream for lighting: the same name, so epoch 0 draws what the build drew."""
 AUGMENT_STREAM = "paired_transform"
-RELIT_COLUMNS = ("degraded", "composite", "degradation_type", "light_direction", "ambient", "degradation_params",
-                 "instruction")
+RELIT_COLUMNS = ("degraded", "composite", *LABEL_COLUMNS)
 """Columns :class:`RelightOnTheFly` and :class:`RelightBatch` regenerate."""
 
 
@@ -118,11 +113,6 @@ def _crop_to_tensor(value, top: int, left: int, height: int, width: int) -> torc
     return to_tensor(array[top : top + height, left : left + width])
 
 
-def _quantize(images: torch.Tensor) -> torch.Tensor:
-    """Round to the 8-bit grid the build stores (``float_to_uint8`` then ``/ 255``), staying a float tensor."""
-    return images.clamp(0, 1).mul(255).round_().div_(255)
-
-
 def resolve_config(config: BuildConfig | str | dict | None) -> BuildConfig:
     """A :class:`BuildConfig` from a config, a preset name (``"mvp"``, ``"full"``), a plain dict (e.g. the
     ``relight_datasets.config`` recorded in a dataset card) or None (the ``mvp`` preset)."""
@@ -153,7 +143,7 @@ class _EpochAware:
     ``pickle``/``deepcopy`` copies the value and detaches the copy."""
 
     def _init_epoch(self) -> None:
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._epoch = torch.zeros((), device="cpu", dtype=torch.int64).share_memory_()
 
     @property
     def epoch(self) -> int:
@@ -283,7 +273,7 @@ class PairedTransform(_EpochAware):
         params_text = batch["degradation_params"][row] if "degradation_params" in batch else None
         light, params = mirror_lighting(original, json.loads(params_text) if params_text else {})
         if isinstance(original, torch.Tensor):
-            mirror["light_direction"][row] = torch.tensor(light, dtype=original.dtype)
+            mirror["light_direction"][row] = torch.tensor(light, device=original.device, dtype=original.dtype)
         else:
             mirror["light_direction"][row] = light
         if params_text:
@@ -312,48 +302,20 @@ class _Relighter(_EpochAware):
         return (f"{type(self).__name__}(config={self.config.fingerprint()}, seed={self.seed}, "
                 f"epoch={self.epoch}, quantize={self.quantize})")
 
-    def draw(self, image_id: str | None) -> LightingDraw:
-        """A fresh :class:`LightingDraw` for one row (a new object each call: relighting fills in its fields)."""
+    def draw(self, image_id: str | None) -> DrawnLight:
+        """The drawn light of one row: from ``(seed, epoch, image_id)``, or from fresh entropy without a seed."""
         if self.seed is None:
             generator = _entropy_generator()
         else:
             generator = row_generator(self.seed, image_id, epoch_stream(DEGRADATION_STREAM, self.epoch))
-        return draw_lighting(self.config, generator)
+        return draw_light(self.config, generator)
 
     def relight_tensors(self, albedo: torch.Tensor, normals: torch.Tensor, mask: torch.Tensor, image: torch.Tensor,
-                        draws: list[LightingDraw]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
-        """``degraded`` and ``composite`` (``B x 3 x H x W``) and per-row metadata for equal-sized float images in
-        [0, 1]: ``albedo``, encoded ``normals`` and ``image`` ``B x 3 x H x W``, ``mask`` ``B x 1 x H x W``.
-
-        The build's computation (``DegradationStage`` then ``RecombinationStage``): :func:`relight` inside the
-        mask, then the feathered composite over the background plate; with ``quantize`` the degraded image and the
-        composite (where the person's alpha is non-zero) are rounded to 8 bits as the build stores them. Where alpha
-        is 0 the composite is the background plate bit for bit (``input`` itself in ``original`` mode).
-        """
-        cfg = self.config
-        height, width = albedo.shape[-2:]
-        binary = (mask > 0.5).to(albedo.dtype)
-        degraded, exposures = relight(albedo, decode_normals(normals), binary, draws, cfg.reference_resolution)
-        if self.quantize:
-            degraded = _quantize(degraded)
-        scale = max(height, width) / cfg.reference_resolution
-        alpha = feathered_alpha(mask, cfg.recombination.feather_px * scale)
-        background = background_plate(image, cfg.recombination.background)
-        result = composite(degraded, background, alpha)
-        if self.quantize:
-            result = torch.where(alpha > 0, _quantize(result), background)
-        records = []
-        for draw, exposure in zip(draws, exposures, strict=True):
-            draw.exposure = exposure
-            params = draw.params()
-            records.append({
-                "degradation_type": draw.degradation_type,
-                "light_direction": list(draw.light),
-                "ambient": draw.ambient,
-                "degradation_params": json.dumps(params, sort_keys=True),
-                "instruction": lighting_instruction(draw.degradation_type, list(draw.light), draw.ambient, params),
-            })
-        return degraded, result, records
+                        image_ids: Sequence[str | None]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+        """:func:`~relight_datasets.relighting.relight` of equal-sized rows under the rows' drawn lights, with this
+        transform's config and ``quantize``."""
+        lights = [self.draw(image_id) for image_id in image_ids]
+        return relight(albedo, normals, mask, image, lights, self.config, quantize=self.quantize)
 
 
 class RelightOnTheFly(_Relighter):
@@ -395,14 +357,14 @@ class RelightOnTheFly(_Relighter):
             for rows in groups.values():
                 stack = {name: torch.stack([out[name][r] for r in rows]) for name in self.REQUIRED}
                 degraded, result, records = self.relight_tensors(stack["albedo"], stack["normals"], stack["mask"],
-                                                                 stack["input"], [self.draw(ids[r]) for r in rows])
+                                                                 stack["input"], [ids[r] for r in rows])
                 for index, row in enumerate(rows):
                     new["degraded"][row] = degraded[index]
                     new["composite"][row] = result[index]
                     for key, value in records[index].items():
                         new[key][row] = value
-        new["light_direction"] = [torch.tensor(v, dtype=torch.float32) for v in new["light_direction"]]
-        new["ambient"] = [torch.tensor(v, dtype=torch.float32) for v in new["ambient"]]
+        new["light_direction"] = [torch.tensor(v, device="cpu", dtype=torch.float32) for v in new["light_direction"]]
+        new["ambient"] = [torch.tensor(v, device="cpu", dtype=torch.float32) for v in new["ambient"]]
         out.update(new)
         return out
 
@@ -430,7 +392,7 @@ class RelightBatch(_Relighter):
         def load(name: str) -> torch.Tensor:
             if name not in batch:
                 raise KeyError(f"RelightBatch needs a collated {name!r} tensor")
-            tensor = torch.as_tensor(batch[name]).to(device, non_blocking=True)
+            tensor = torch.as_tensor(batch[name], device=device)
             tensor = tensor if tensor.is_floating_point() else tensor.float().div_(255.0)
             return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor
 
@@ -442,12 +404,12 @@ class RelightBatch(_Relighter):
         if len(ids) != albedo.shape[0]:
             raise ValueError(f"{len(ids)} image ids for a batch of {albedo.shape[0]}")
         with torch.no_grad():
-            degraded, result, records = self.relight_tensors(albedo, normals, mask, image,
-                                                             [self.draw(i) for i in ids])
+            degraded, result, records = self.relight_tensors(albedo, normals, mask, image, ids)
         out = dict(batch)
         out["degraded"], out["composite"] = degraded, result
-        out["light_direction"] = torch.tensor([r["light_direction"] for r in records], dtype=torch.float32)
-        out["ambient"] = torch.tensor([r["ambient"] for r in records], dtype=torch.float32)
+        labels = {key: [r[key] for r in records] for key in ("light_direction", "ambient")}
+        out["light_direction"] = torch.tensor(labels["light_direction"], device="cpu", dtype=torch.float32)
+        out["ambient"] = torch.tensor(labels["ambient"], device="cpu", dtype=torch.float32)
         for key in ("degradation_type", "degradation_params", "instruction"):
             out[key] = [r[key] for r in records]
         return out

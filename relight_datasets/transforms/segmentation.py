@@ -7,12 +7,15 @@ import numpy as np
 import torch
 
 from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
+from ..models.segmenters import SegmentedPerson
 from ..ops.classical_segmentation import detect_face_box, person_prior_box, segment_person_classical
 from ..rng import row_seed
-from .base import Stage, ThreadPool, to_uint8_array
+from .base import SKIP_COLUMN, DeviceBatch, Stage, ThreadPool, uint8_to_unit
 
 SEGMENTERS = ("auto", "sam3", "sam2", "classical")
 AUTO_ORDER = ("sam3", "sam2", "classical")
+SEGMENTATION_STREAM = "segmentation"
+"""Name of the per-row random stream that seeds GrabCut (:func:`relight_datasets.rng.row_seed`)."""
 
 
 def face_prior_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -22,7 +25,9 @@ def face_prior_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 class ClassicalSegmenter:
-    """Haar face prior refined by GrabCut, one image per core (GrabCut releases the GIL).
+    """Haar face prior refined by GrabCut, one image per core (GrabCut releases the GIL). OpenCV works on the host:
+    it reads the decoded ``H x W x 3`` uint8 arrays as they are (no copy), and each mask found is copied to the
+    device once.
 
     OpenCV's own worker threads are turned off (``cv2.setNumThreads(1)``, process-wide): with one image per core
     already, they only oversubscribe the cores (measured: 10-15 % slower at 512 px on 2 cores)."""
@@ -38,14 +43,19 @@ class ClassicalSegmenter:
         image, image_id = image_and_id
         cfg = self.config.segmentation.classical
         return segment_person_classical(image, work_size=cfg.work_size, grabcut_iterations=cfg.grabcut_iterations,
-                                        seed=row_seed(self.config.seed, image_id, SegmentationStage.name) % (2**31))
+                                        seed=row_seed(self.config.seed, image_id, SEGMENTATION_STREAM) % (2**31))
 
-    def __call__(self, images: list[np.ndarray], image_ids: list[str]) -> list:
-        return self.pool.map(self._segment, list(zip(images, image_ids, strict=True)))
+    def __call__(self, images: list[np.ndarray], image_ids: list[str],
+                 device: torch.device) -> list[SegmentedPerson | None]:
+        """Host ``H x W x 3`` uint8 images -> per image, the person with its mask on ``device``, or None."""
+        found = self.pool.map(self._segment, list(zip(images, image_ids, strict=True)))
+        return [None if result is None else
+                SegmentedPerson(torch.tensor(result.mask, device=device, dtype=torch.uint8), result.score)
+                for result in found]
 
 
 class SegmentationStage(Stage):
-    """Person mask (``H x W`` uint8, 255 = person) for each ``input`` image.
+    """Person mask (``1 x H x W``, 1 = person; stored as an ``H x W`` uint8 image, 255 = person) for each ``input``.
 
     ``segmentation.method``: ``sam3``, ``sam2`` or ``classical`` forces one segmenter (a model that cannot load
     raises :class:`~relight_datasets.models.ModelUnavailable`); ``auto`` takes the first of sam3, sam2, classical
@@ -120,19 +130,24 @@ class SegmentationStage(Stage):
             info["fallbacks"] = self.fallbacks
         return info
 
-    def process(self, batch, rows, outputs, skip, rank):
+    def forward(self, batch: DeviceBatch, rank: int | None) -> dict[str, torch.Tensor | list]:
         segmenter = self.prepare(rank)
-        images = [to_uint8_array(batch["input"][r]) for r in rows]
         if segmenter.method == "classical":
-            results = segmenter(images, [batch["image_id"][r] for r in rows])
+            results = segmenter(batch.host_input, batch.image_ids, batch.device)
+        elif segmenter.method == "sam2":
+            results = segmenter(batch.input_uint8, batch.host_input)
         else:
-            results = segmenter(images)
-        for row, result in zip(rows, results, strict=True):
-            coverage = 0.0 if result is None else float((result.mask > 127).mean())
-            if result is None or coverage < self.config.segmentation.min_coverage:
-                skip[row] = "no_person"
-                continue
-            outputs["mask"][row] = result.mask
-            outputs["segmentation_method"][row] = segmenter.method
-            outputs["segmentation_score"][row] = float(result.score)
-            outputs["mask_coverage"][row] = coverage
+            results = segmenter(batch.input_uint8)
+        nobody = torch.zeros(batch.input_uint8.shape[-2:], device=batch.device, dtype=torch.uint8)
+        masks = uint8_to_unit(torch.stack([nobody if r is None else r.mask for r in results])[:, None])
+        height, width = masks.shape[-2:]
+        coverage = [count / (height * width) for count in (masks > 0.5).sum(dim=(1, 2, 3)).tolist()]
+        minimum = self.config.segmentation.min_coverage
+        found = [r is not None and c >= minimum for r, c in zip(results, coverage, strict=True)]
+        return {
+            "mask": masks,
+            "segmentation_method": [segmenter.method] * len(batch),
+            "segmentation_score": [float(r.score) if r is not None else 0.0 for r in results],
+            "mask_coverage": coverage,
+            SKIP_COLUMN: ["" if ok else "no_person" for ok in found],
+        }
