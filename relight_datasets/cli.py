@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 from .config import PRESETS, ConfigError, load_config
@@ -15,6 +17,7 @@ from .transforms.normals import NORMAL_ESTIMATORS
 from .transforms.segmentation import SEGMENTERS
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--revision", default=None, help="Hub branch to push to (created if missing)")
     parser.add_argument("--force-push", action="store_true", help="push even if the dataset version is already tagged")
+    parser.add_argument("--max-error-rate", type=float, default=0.01, metavar="FRACTION",
+                        help="fail (exit 1, nothing published) when more than this share of the attempted images "
+                        "fail with processing_error (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its line")
     return parser
 
 
@@ -125,37 +132,85 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def _exit_code(error: Exception) -> int | None:
+    """Exit code of an error the user can act on (2: the command or its surroundings, 1: the build ran and failed),
+    None for anything else (a bug: its traceback is shown)."""
+    from .builder.build import BuildFailed, OutputError, WorkerFailed
+    from .builder.hub import PushError
+    from .builder.sources import SourceError
+    from .builder.splits import SplitError
+    from .models.loading import ModelUnavailable
+
+    if isinstance(error, ConfigError | SplitError | SourceError | OutputError | PushError | ModelUnavailable | OSError):
+        return EXIT_USAGE
+    if isinstance(error, BuildFailed | WorkerFailed):
+        return EXIT_FAILED
+    return None
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}{f' ({error.filename})' if error.filename else ''}"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code: 0 done, 1 the build failed (nothing published, or a worker died),
+    2 the command cannot run as given (one line on stderr, its traceback under ``--debug``), 130/143 interrupted."""
+    args = build_parser().parse_args(argv)
+    from .builder.signals import INTERRUPTED_MESSAGE, BuildInterrupted
+
     try:
-        return _run(argv)
+        return _run(args)
     except BrokenPipeError:  # the summary was piped into e.g. `head`, which closed early: not a build failure
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter from failing again at exit
         return 0
+    except BuildInterrupted as interrupted:
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        return interrupted.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the build started or during the push
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as error:
+        code = _exit_code(error)
+        if code is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"relight-build: error: {_describe(error)}", file=sys.stderr)
+        return code
 
 
-def _run(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _load_config(args: argparse.Namespace):
+    try:
+        return load_config(args.preset, args.config, [*args.overrides, *_flag_overrides(args)])
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {args.config}: not a UTF-8 text file (expected YAML)") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         return _fail(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:
         return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.chunk_size < 1:
         return _fail(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    from .builder.splits import SplitError, parse_splits
+    if not 0 <= args.max_error_rate <= 1:
+        return _fail(f"--max-error-rate must be between 0 and 1, got {args.max_error_rate}")
+    from .builder.splits import parse_splits
 
+    config = _load_config(args)
+    splits = parse_splits(args.splits)
     try:
-        config = load_config(args.preset, args.config, [*args.overrides, *_flag_overrides(args)])
-        splits = parse_splits(args.splits)
         max_shard_bytes = parse_size(args.max_shard_size)
-    except (ConfigError, SplitError, ValueError) as error:
+    except ValueError as error:
         return _fail(str(error))
 
     import torch
 
-    from .builder.build import BuildOptions, OutputError, WorkerFailed, build_dataset
-    from .builder.hub import PushError, push_to_hub
-    from .builder.sources import SourceError
-    from .models.loading import ModelUnavailable
+    from .builder.build import BuildOptions, build_dataset
+    from .builder.hub import check_push_target, push_to_hub
+    from .builder.report import summary
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return _fail(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
@@ -166,51 +221,33 @@ def _run(argv: list[str] | None) -> int:
     if processes is None:
         gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and not launched else 0
         processes = max(1, gpus)
+    if args.push_to_hub:
+        check_push_target(args.push_to_hub)
     logging.basicConfig(format="relight-build: %(message)s", level=logging.WARNING)
     logging.getLogger("relight_datasets").setLevel(logging.WARNING if args.quiet else logging.INFO)
     if args.quiet:
+        import datasets
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # "Loading weights" bars
+        datasets.disable_progress_bars()  # "Saving the dataset" of a multi-process build
     options = BuildOptions(source=args.source, out=args.out, limit=args.limit, batch_size=args.batch_size,
                            device=args.device, overwrite=args.overwrite, progress=not args.quiet,
                            chunk_size=args.chunk_size, splits=splits, max_shard_bytes=max_shard_bytes,
-                           num_processes=processes)
-    try:
-        report = build_dataset(options, config)
-    except (SourceError, OutputError, ModelUnavailable) as error:
-        return _fail(str(error))
-    except WorkerFailed as error:
-        print(f"relight-build: error: {error}", file=sys.stderr)
-        return 1
+                           num_processes=processes, max_error_rate=args.max_error_rate)
+    report = build_dataset(options, config)
     if report is None:  # a non-main process of a multi-process launch: the main process reports
         return 0
     if report.get("already_complete"):
         print(f"relight-build: {args.out} already holds this build ({report['processed']} rows, config "
               f"{report['config_fingerprint']}); nothing to do (--overwrite rebuilds it)")
     else:
-        _print_summary(args, report)
+        print(summary(report, args.out))
     if args.push_to_hub:
-        try:
-            url = push_to_hub(args.out, args.push_to_hub, private=args.private, revision=args.revision,
-                              allow_existing_version=args.force_push)
-        except PushError as error:
-            return _fail(str(error))
+        url = push_to_hub(args.out, args.push_to_hub, private=args.private, revision=args.revision,
+                          allow_existing_version=args.force_push)
         print(f"relight-build: pushed to {url} (tag v{report['version']})")
     return 0
-
-
-def _print_summary(args: argparse.Namespace, report: dict) -> None:
-    skipped = ", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()) or "none"
-    splits = ", ".join(f"{name} {count}" for name, count in report["splits"].items())
-    resumed = f", {report['resumed_rows']} resumed from an earlier run" if report["resumed_rows"] else ""
-    print(
-        f"relight-build: {report['processed']} of {report['attempted']} images processed "
-        f"(skipped: {skipped}; splits: {splits}{resumed}) in {report['wall_seconds']:.1f} s, "
-        f"{report['images_per_second']:.2f} images/s on {report['device']}\n"
-        f"relight-build: dataset written to {args.out.resolve()} "
-        f"(load it with datasets.load_dataset({str(args.out)!r}))"
-    )
 
 
 if __name__ == "__main__":

@@ -76,15 +76,17 @@ def test_num_processes_spawns_workers_with_the_single_process_rows(tmp_path, fac
 def test_a_dead_worker_is_reported_and_finished_chunks_are_kept(tmp_path, faces_dir):
     """A worker that cannot start (here: its copy of the source rows is missing) makes the build fail with
     WorkerFailed, while the chunks the other process finished stay on disk for the resume."""
-    from relight_datasets.builder.build import BuildOptions, WorkerFailed, _chunk_paths, _run_spawned
+    from relight_datasets.builder.launcher import ChunkJob, Rank, WorkerFailed, run_spawned
+    from relight_datasets.builder.signals import StopSignals
     from relight_datasets.builder.sources import open_source
+    from relight_datasets.builder.workdir import chunk_paths
     from relight_datasets.config import load_config
 
     work = tmp_path / "work"
     work.mkdir()
-    options = BuildOptions(source=f"folder:{faces_dir}", out=tmp_path, limit=2, chunk_size=1, batch_size=1,
-                           device="cpu", num_processes=2)
-    with pytest.raises(WorkerFailed, match=r"worker process\(es\) \[1\] failed"):
-        _run_spawned(options, load_config("mvp", overrides=["resolution=64"]), work,
-                     open_source(options.source, options.limit), progress=None)
-    assert _chunk_paths(work, 0)[1].is_file() and not _chunk_paths(work, 1)[1].is_file()
+    job = ChunkJob(load_config("mvp", overrides=["resolution=64"]), {"train": 1.0}, "cpu", batch_size=1,
+                   chunk_size=1, work=work)
+    rows = open_source(f"folder:{faces_dir}", limit=2).rows
+    with StopSignals() as stop, pytest.raises(WorkerFailed, match=r"worker process\(es\) \[1\] failed"):
+        run_spawned(job, job.processor(Rank()), rows, 2, stop, progress=None)
+    assert chunk_paths(work, 0)[1].is_file() and not chunk_paths(work, 1)[1].is_file()

@@ -66,6 +66,7 @@ def test_a_build_killed_with_sigkill_resumes_to_identical_rows(tmp_path, twelve_
     finished_before = len(list((out / ".work").glob("chunk-*.json")))
     assert 2 <= finished_before < 6, "the build was not interrupted part-way"
     assert not (out / "build_report.json").exists()
+    assert (out / ".lock").is_file()  # left by the killed build; its lock died with it
 
     assert build(twelve_faces, out, "--chunk-size", "2", "--batch-size", "2") == 0
     report = json.loads((out / "build_report.json").read_text())
@@ -83,9 +84,10 @@ def test_rerun_with_other_settings_is_refused_and_overwrite_rebuilds(tmp_path, t
     assert "already holds this build" in capsys.readouterr().out
     assert build(twelve_faces, out, "--limit", "2", "--seed", "9") == 2
     error = capsys.readouterr().err
-    assert "other settings" in error and "--overwrite" in error and len(error.strip().splitlines()) == 1
+    assert "other settings (config.seed: 0 -> 9)" in error and "--overwrite" in error
+    assert len(error.strip().splitlines()) == 1
     assert build(twelve_faces, out, "--limit", "2", "--seed", "9", "--overwrite") == 0
-    assert json.loads((out / "build_report.json").read_text())["identity"]["config_fingerprint"] != ""
+    assert json.loads((out / "build_report.json").read_text())["identity"]["config"]["seed"] == 9
     assert {r["seed"] for r in rows_of(out)} == {9}
 
 
@@ -94,7 +96,8 @@ def test_interrupted_build_with_other_settings_is_refused(tmp_path, twelve_faces
     (out / ".work").mkdir(parents=True)
     (out / ".work" / "manifest.json").write_text(json.dumps({"identity": {"config_fingerprint": "something-else"}}))
     assert build(twelve_faces, out, "--limit", "2") == 2
-    assert "other settings" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "unfinished build with other settings" in error and "config_fingerprint: something-else -> unset" in error
 
 
 # -------------------------------------------------------------------------------------------------------------- splits
@@ -350,8 +353,11 @@ def test_cli_pushes_a_complete_build_and_refuses_a_tagged_version_in_one_line(sm
     same_build = ["--source", str(faces_dir), "--out", str(small_build), "--limit", "2", "--resolution", RES, "--quiet"]
     api = RecordingHubApi()
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: api)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the push checks it; every call goes to the recording API
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     assert main([*same_build, "--push-to-hub", "org/pairs"]) == 0
     assert "pushed to" in capsys.readouterr().out and api.called("create_tag")
+    assert api.called("whoami")[0][1]["token"] == "hf_test_token"  # checked before the build
 
     tagged = RecordingHubApi(existing_tags=["v0.1.0"])
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: tagged)

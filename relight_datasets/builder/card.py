@@ -39,7 +39,7 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
     with identical cards would share one cache entry and ``load_dataset`` could return another build's rows.)
     """
     splits = [{"name": name, "num_examples": count, "num_bytes": report["split_bytes"][name]}
-              for name, count in report["splits"].items()]
+              for name, count in report["splits"].items() if count]
     data = DatasetCardData(
         license=config.output.license,
         task_categories=["image-to-image"],
@@ -57,7 +57,9 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
         },
     )
     columns = "\n".join(f"| `{name}` | {COLUMN_DESCRIPTIONS[name]} |" for name in FEATURES)
-    splits_text = ", ".join(f"{name}: {count}" for name, count in report["splits"].items())
+    splits_text = ", ".join(f"{name}: {count}" for name, count in report["splits"].items() if count)
+    if report["empty_splits"]:
+        splits_text += f"; no rows fell into {', '.join(report['empty_splits'])}, so there is no such split"
     models_text = "\n".join(f"- {stage}: {describe_model(info)}" for stage, info in report["models"].items())
     skipped = "\n".join(f"- `{reason}`: {count}" for reason, count in report["skipped"].items()) or "- none"
     body = f"""

@@ -6,10 +6,9 @@ and have no images. Nothing in here touches the output folder.
 
 from __future__ import annotations
 
-import logging
 import time
-import traceback
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -21,13 +20,10 @@ from datasets import Dataset, Features, Value
 from ..config import BuildConfig
 from ..transforms.base import SKIP_COLUMN, resolve_device
 from .features import FEATURES, METHOD_COLUMNS
-from .pipeline import RelightPipeline
+from .pipeline import PROCESSING_ERROR, RelightPipeline, run_isolating_failures
 from .splits import assign_split
 
-logger = logging.getLogger(__name__)
-
 CHUNK_FEATURES = Features({**FEATURES, "split": Value("string"), SKIP_COLUMN: Value("string")})
-PROCESSING_ERROR = "processing_error"
 CPU_BATCH_THREADS = 2
 """Batches in flight at once on a CPU, each thread with its share of torch's threads. One batch at a time leaves
 cores idle in serial stretches (Python glue, per-image work on small tensors); two overlap them. Measured on 2 cores
@@ -62,28 +58,13 @@ class ChunkProcessor:
         self.pipeline = RelightPipeline(config, device)
         self.pipeline.prepare(rank)  # a model that cannot load fails here, before any row
         self.setup_seconds = time.perf_counter() - started
-
-    def _failed_row(self, batch: dict[str, list], index: int) -> dict[str, list]:
-        row = {name: [None] for name in FEATURES}
-        row.update(image_id=[batch["image_id"][index]], source=[batch["source"][index]], seed=[self.config.seed])
-        row[SKIP_COLUMN] = [PROCESSING_ERROR]
-        return row
+        self.errors: dict[str, str] = {}
+        """``image_id -> "ErrorType: message"`` of the rows that became ``processing_error``."""
 
     def _run(self, batch: dict[str, list]) -> dict[str, list]:
-        """The pipeline on a batch; if it raises, row by row, so one bad image costs only its own row."""
-        try:
-            return self.pipeline(batch, self.rank)
-        except Exception:  # noqa: BLE001 - isolate the failing row below, never stop the build
-            logger.debug("batch failed, retrying row by row:\n%s", traceback.format_exc())
-        rows = []
-        for index in range(len(batch["image_id"])):
-            single = {name: values[index : index + 1] for name, values in batch.items()}
-            try:
-                rows.append(self.pipeline(single, self.rank))
-            except Exception as error:  # noqa: BLE001
-                logger.warning("%s: skipped (%s: %s)", batch["image_id"][index], type(error).__name__, error)
-                rows.append(self._failed_row(batch, index))
-        return {name: [value for row in rows for value in row[name]] for name in rows[0]}
+        columns, errors = run_isolating_failures(self.pipeline, batch, self.rank)
+        self.errors.update(errors)
+        return columns
 
     def _table(self, batch: dict[str, list]) -> pa.Table:
         out = self._run(batch)
@@ -91,10 +72,12 @@ class ChunkProcessor:
         encoded = CHUNK_FEATURES.encode_batch({name: out[name] for name in CHUNK_FEATURES})
         return pa.Table.from_pydict(encoded, schema=CHUNK_FEATURES.arrow_schema)
 
-    def process(self, rows: Dataset, progress=None) -> pa.Table:
+    def process(self, rows: Dataset, progress=None, check_stop: Callable[[], None] | None = None) -> pa.Table:
         """``rows``: source rows (``image_id``, ``source``, undecoded ``input``) -> a table of ``CHUNK_FEATURES``.
 
-        On a CPU, :data:`CPU_BATCH_THREADS` batches are processed at once (rows come out in order); on a GPU one."""
+        On a CPU, :data:`CPU_BATCH_THREADS` batches are processed at once (rows come out in order); on a GPU one.
+        ``check_stop`` is called before each batch is started; what it raises ends the call once the batches in
+        flight are done (the rows are abandoned, never recorded as failures)."""
         workers = self.batch_threads
         tables, pending = [], deque()
 
@@ -106,6 +89,8 @@ class ChunkProcessor:
         with ThreadPoolExecutor(workers, thread_name_prefix="relight-batch") as executor, \
                 torch_threads(max(1, torch.get_num_threads() // workers)):
             for start in range(0, len(rows), self.batch_size):
+                if check_stop is not None:
+                    check_stop()
                 pending.append(executor.submit(self._table, rows[start : start + self.batch_size]))
                 if len(pending) > workers:  # at most one batch waiting beyond those running
                     collect(pending.popleft())
@@ -114,8 +99,9 @@ class ChunkProcessor:
         return pa.concat_tables(tables)
 
 
-def chunk_stats(table: pa.Table) -> dict:
-    """Counts for one chunk: attempted, processed, skips (with ids), methods, rows and bytes per split."""
+def chunk_stats(table: pa.Table, errors: dict[str, str]) -> dict:
+    """Counts for one chunk: attempted, processed, skips (with ids), methods, rows and bytes per split, and the
+    first ``processing_error`` of the chunk (``{"image_id", "error"}`` from ``errors``, or None)."""
     skip = table.column(SKIP_COLUMN).to_pylist()
     ids = table.column("image_id").to_pylist()
     splits = table.column("split").to_pylist()
@@ -123,6 +109,7 @@ def chunk_stats(table: pa.Table) -> dict:
     # Copies of the image bytes are made only when needed: usually every row is kept and there is one split.
     kept_table = table if len(kept) == len(skip) else table.take(pa.array(kept, type=pa.int64()))
     kept_splits = set(splits[i] for i in kept)
+    failed = [ids[i] for i, reason in enumerate(skip) if reason == PROCESSING_ERROR]
     return {
         "attempted": len(skip),
         "processed": len(kept),
@@ -132,4 +119,5 @@ def chunk_stats(table: pa.Table) -> dict:
         "split_bytes": {name: kept_table.nbytes if len(kept_splits) == 1
                         else kept_table.filter(pc.equal(kept_table.column("split"), name)).nbytes
                         for name in kept_splits},
+        "first_error": {"image_id": failed[0], "error": errors.get(failed[0], "unknown")} if failed else None,
     }

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from .build import REPORT
+from .workdir import REPORT
 
 
 class PushError(ValueError):
@@ -14,6 +15,35 @@ class PushError(ValueError):
 
 def version_tag(version: str) -> str:
     return f"v{version}"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def check_push_target(repo_id: str, api=None) -> None:
+    """Raise :class:`PushError` (one line) unless ``repo_id`` is a valid repo id, the Hub is not switched off
+    (``HF_HUB_OFFLINE``), a token is available and the Hub accepts it. Creates nothing; meant to run before a build.
+    ``api``: an ``HfApi`` (injectable for tests)."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise PushError(f"--push-to-hub {repo_id!r}: not a valid repo id ({_first_line(error)})") from None
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise PushError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it or "
+                        "build without --push-to-hub")
+    token = get_token()
+    if not token:
+        raise PushError(f"--push-to-hub {repo_id}: no Hugging Face token; run `hf auth login` or set HF_TOKEN")
+    try:
+        (api or HfApi()).whoami(token=token)
+    except Exception as error:  # noqa: BLE001 - network, auth or server: the push cannot work; say why in one line
+        raise PushError(f"--push-to-hub {repo_id}: the Hub cannot be reached or refuses the token "
+                        f"({_first_line(error)})") from None
 
 
 def push_to_hub(folder: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -32,6 +62,17 @@ def push_to_hub(folder: Path, repo_id: str, *, private: bool = False, revision: 
     report = json.loads(report_path.read_text())
     tag = version_tag(report["version"])
     api = api or HfApi()
+    try:
+        return _upload_and_tag(folder, repo_id, report, tag, api, private, revision, allow_existing_version)
+    except PushError:
+        raise
+    except Exception as error:  # noqa: BLE001 - network, auth or server: one line; the folder stays complete
+        raise PushError(f"pushing {folder} to {repo_id} failed ({_first_line(error)}); the dataset is complete, "
+                        "run the same command again to push it") from None
+
+
+def _upload_and_tag(folder: Path, repo_id: str, report: dict, tag: str, api, private: bool, revision: str | None,
+                    allow_existing_version: bool) -> str:
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     existing = {ref.name for ref in api.list_repo_refs(repo_id, repo_type="dataset").tags}
     if tag in existing and not allow_existing_version:

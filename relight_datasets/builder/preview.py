@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import islice
+from pathlib import Path
+
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
+
+from .features import FEATURES
 
 PREVIEW_COLUMNS = ("input", "mask", "albedo", "degraded", "composite")
 
@@ -22,3 +28,17 @@ def contact_sheet(rows: list[dict], tile: int = 192, columns: tuple[str, ...] = 
             y = header + r * tile + (tile - thumb.height) // 2
             sheet.paste(thumb, (x, y))
     return sheet
+
+
+def write_preview(folder: Path, split: str, count: int) -> None:
+    """``folder/preview.png``: the contact sheet of the first ``count`` rows of ``split`` (its shards in
+    ``folder/data``); nothing when ``count`` is 0 or the split has no rows."""
+    if count == 0:
+        return
+    shards = sorted((folder / "data").glob(f"{split}-*.parquet"))
+    batches = (batch for path in shards
+               for batch in pq.ParquetFile(path).iter_batches(batch_size=count, columns=list(PREVIEW_COLUMNS)))
+    rows = list(islice((row for batch in batches for row in batch.to_pylist()), count))
+    if rows:
+        decoded = [{name: FEATURES[name].decode_example(row[name]) for name in PREVIEW_COLUMNS} for row in rows]
+        contact_sheet(decoded).save(folder / "preview.png", compress_level=1)

@@ -68,7 +68,7 @@ class RelightPairs(datasets.ArrowBasedBuilder):
 
     def _generate_tables(self, split: str, splits: dict[str, float]):
         """Only this split's rows are processed: the split of a row is fixed by its ``image_id`` alone."""
-        source = open_source(self.config.source, self.config.limit)
+        source = open_source(self.config.source, self.config.limit).rows
         ours = [i for i, image_id in enumerate(source["image_id"]) if assign_split(image_id, splits) == split]
         processor = ChunkProcessor(self._build_config(), splits, self.config.device, self.config.batch_size)
         for start in range(0, len(ours), processor.batch_size):

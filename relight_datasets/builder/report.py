@@ -1,0 +1,75 @@
+"""The build report (``build_report.json``): chunk stats merged with the source's own skips, the verdict on a build
+whose rows mostly failed, and the one-paragraph summary the command line prints."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from .features import METHOD_COLUMNS
+from .pipeline import PROCESSING_ERROR
+
+
+def merge_stats(stats: list[dict], source_skips: list[dict]) -> dict:
+    """Sum the chunk stats; ``source_skips`` (items the source could not use) count as attempted and skipped."""
+    merged: dict = {"attempted": len(source_skips), "processed": 0, "skipped_rows": list(source_skips),
+                    "splits": Counter(), "split_bytes": Counter(), "timings": Counter(),
+                    "methods": {column: Counter() for column in METHOD_COLUMNS}, "first_error": None}
+    for item in stats:
+        merged["attempted"] += item["attempted"]
+        merged["processed"] += item["processed"]
+        merged["skipped_rows"].extend(item["skipped_rows"])
+        for column in METHOD_COLUMNS:
+            merged["methods"][column].update(item["methods"][column])
+        merged["splits"].update(item["splits"])
+        merged["split_bytes"].update(item["split_bytes"])
+        merged["timings"].update(item["timings"])
+        merged["first_error"] = merged["first_error"] or item["first_error"]
+    return merged
+
+
+def counts_part(merged: dict, splits: dict[str, float]) -> dict:
+    """The counting part of a report: attempted, processed, skips by reason (and each skipped id), rows and bytes
+    per split, the splits left without rows, methods and the first processing error."""
+    return {
+        "attempted": merged["attempted"],
+        "processed": merged["processed"],
+        "skipped": dict(sorted(Counter(r["reason"] for r in merged["skipped_rows"]).items())),
+        "skipped_rows": merged["skipped_rows"],
+        "splits": {name: merged["splits"].get(name, 0) for name in splits},
+        "empty_splits": [name for name in splits if not merged["splits"].get(name)],
+        "split_bytes": {name: merged["split_bytes"].get(name, 0) for name in splits},
+        "methods": {column: dict(sorted(counts.items())) for column, counts in merged["methods"].items()},
+        "first_error": merged["first_error"],
+    }
+
+
+def build_failure(report: dict, max_error_rate: float) -> str | None:
+    """Why the rows must not be published (nothing processed, or more ``processing_error`` rows than
+    ``max_error_rate`` of those attempted), naming the first error; None when the build succeeded."""
+    errors = report["skipped"].get(PROCESSING_ERROR, 0)
+    first = report["first_error"]
+    first_text = f"; first error: {first['image_id']}: {first['error']}" if first else ""
+    if report["processed"] == 0:
+        return f"none of the {report['attempted']} images was processed ({skip_text(report)}{first_text}); " \
+               "nothing was written"
+    if errors > max_error_rate * report["attempted"]:
+        return (f"{errors} of {report['attempted']} images failed with {PROCESSING_ERROR}, more than "
+                f"--max-error-rate {max_error_rate:g}{first_text}. Nothing was written; the processed chunks are "
+                "kept: the same command with a higher --max-error-rate publishes them")
+    return None
+
+
+def skip_text(report: dict) -> str:
+    return "skipped: " + (", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()) or "none")
+
+
+def summary(report: dict, out: Path) -> str:
+    """What the command line prints after a build: counts, speed, where the dataset is and how to load it."""
+    splits = ", ".join(f"{name} {count}" for name, count in report["splits"].items())
+    empty = f"; empty splits left out: {', '.join(report['empty_splits'])}" if report["empty_splits"] else ""
+    resumed = f", {report['resumed_rows']} resumed from an earlier run" if report["resumed_rows"] else ""
+    return (f"relight-build: {report['processed']} of {report['attempted']} images processed ({skip_text(report)}; "
+            f"splits: {splits}{empty}{resumed}) in {report['wall_seconds']:.1f} s, "
+            f"{report['images_per_second']:.2f} images/s on {report['device']}\n"
+            f"relight-build: dataset written to {out.resolve()} (load it with datasets.load_dataset({str(out)!r}))")
