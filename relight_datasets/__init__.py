@@ -7,4 +7,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "relight"]
+
+
+def __getattr__(name: str):
+    """``relight_datasets.relight`` is imported on first use: ``import relight_datasets`` (and the command line's
+    start-up) stays free of torch and datasets."""
+    if name == "relight":
+        from .api import relight
+
+        return relight
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
