@@ -54,3 +54,33 @@ def load_rgb(path: Path, size: int | None = None) -> np.ndarray:
     if size:
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     return np.asarray(image)
+
+
+def save_resized_faces(faces_dir: Path, folder: Path, count: int, size: int, resample: int = 3) -> Path:
+    """The first ``count`` fixture faces, RGB, resized to ``size`` squared (``resample``: a PIL filter, bicubic by
+    default), saved under their names in ``folder``."""
+    from PIL import Image
+
+    for path in sorted(faces_dir.glob("*.png"))[:count]:
+        Image.open(path).convert("RGB").resize((size, size), resample).save(folder / path.name)
+    return folder
+
+
+@pytest.fixture
+def pipeline_failing_for(monkeypatch):
+    """Injected fault: ``pipeline_failing_for(image_id)`` makes the real ``RelightPipeline`` raise
+    ``ValueError("cannot segment <id>")`` whenever that id is in its batch, so callers' row-by-row retry must isolate
+    it."""
+    from relight_datasets.builder.pipeline import RelightPipeline
+
+    real_call = RelightPipeline.__call__
+
+    def install(bad: str) -> None:
+        def failing_for_one_id(self, batch, rank=None):
+            if bad in batch["image_id"]:
+                raise ValueError(f"cannot segment {bad}")
+            return real_call(self, batch, rank)
+
+        monkeypatch.setattr(RelightPipeline, "__call__", failing_for_one_id)
+
+    return install

@@ -145,18 +145,11 @@ def test_a_numpy_formatted_dataset_gives_the_cli_rows(photos, cli_build):
     assert_same_rows(pairs, expected, list(FEATURES))
 
 
-def test_an_image_that_breaks_the_pipeline_costs_only_its_own_row(photos, cli_build, monkeypatch, caplog):
+def test_an_image_that_breaks_the_pipeline_costs_only_its_own_row(photos, cli_build, pipeline_failing_for, caplog):
     """Injected fault: the real pipeline raises whenever one id is in its batch; the batch is retried row by row."""
     expected, _ = cli_build
     bad = expected[1]["image_id"]
-    real_call = RelightPipeline.__call__
-
-    def failing_for_one_id(self, batch, rank=None):
-        if bad in batch["image_id"]:
-            raise ValueError(f"cannot segment {bad}")
-        return real_call(self, batch, rank)
-
-    monkeypatch.setattr(RelightPipeline, "__call__", failing_for_one_id)
+    pipeline_failing_for(bad)
     with caplog.at_level(logging.WARNING, logger="relight_datasets"):
         pairs, skipped = relight(photo_dataset(photos), id_column="file", source=f"folder:{photos}",
                                  resolution=RESOLUTION, overrides=WEIGHT_FREE, batch_size=3, return_skipped=True)

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import save_resized_faces
 from datasets import load_dataset
 from PIL import Image
 
@@ -54,10 +55,7 @@ def finished_chunks(out: Path) -> int:
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory, faces_dir) -> Path:
-    folder = tmp_path_factory.mktemp("faces")
-    for path in sorted(faces_dir.glob("*.png"))[:8]:
-        Image.open(path).convert("RGB").resize((128, 128), Image.BICUBIC).save(folder / path.name)
-    return folder
+    return save_resized_faces(faces_dir, tmp_path_factory.mktemp("faces"), 8, 128)
 
 
 @pytest.fixture(scope="module")
@@ -300,22 +298,14 @@ def test_every_row_failing_exits_1_naming_the_first_error(tmp_path, faces, capsy
     assert not (out / "data").exists()
 
 
-def test_an_error_rate_above_the_limit_fails_and_a_higher_limit_publishes(tmp_path, faces, capsys, monkeypatch):
+def test_an_error_rate_above_the_limit_fails_and_a_higher_limit_publishes(tmp_path, faces, capsys,
+                                                                         pipeline_failing_for):
     """One image in four makes the pipeline fail (injected: the pipeline raises whenever that id is in its batch,
     so the build's own row-by-row retry isolates it)."""
-    from relight_datasets.builder.pipeline import RelightPipeline
-
     source = tmp_path / "faces"
     shutil.copytree(faces, source, ignore=lambda _, names: sorted(names)[4:])
     bad = sorted(p.name for p in source.iterdir())[1]
-    real_call = RelightPipeline.__call__
-
-    def failing_for_one_id(self, batch, rank=None):
-        if bad in batch["image_id"]:
-            raise ValueError(f"cannot segment {bad}")
-        return real_call(self, batch, rank)
-
-    monkeypatch.setattr(RelightPipeline, "__call__", failing_for_one_id)
+    pipeline_failing_for(bad)
     out = tmp_path / "out"
     assert build(source, out) == 1
     line = error_line(capsys.readouterr().err)

@@ -16,9 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import load_rgb
+from conftest import load_rgb, save_resized_faces
 from datasets import load_dataset
-from PIL import Image
 
 from relight_datasets.cli import main
 from relight_datasets.models.segmenters import Sam2BoxSegmenter, unite_instances
@@ -38,10 +37,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory, faces_dir) -> Path:
-    folder = tmp_path_factory.mktemp("faces")
-    for path in sorted(faces_dir.glob("*.png"))[:3]:
-        Image.open(path).convert("RGB").resize((96, 96)).save(folder / path.name)
-    return folder
+    return save_resized_faces(faces_dir, tmp_path_factory.mktemp("faces"), 3, 96)
 
 
 def build(faces: Path, out: Path, *extra: str) -> tuple[int, list[dict], dict]:

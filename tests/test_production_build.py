@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import save_resized_faces
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 from PIL import Image
@@ -41,10 +42,7 @@ def build(source, out, *extra) -> int:
 
 @pytest.fixture(scope="module")
 def twelve_faces(tmp_path_factory, faces_dir) -> Path:
-    folder = tmp_path_factory.mktemp("twelve")
-    for path in sorted(faces_dir.glob("*.png"))[:12]:
-        Image.open(path).convert("RGB").resize((160, 160), Image.BICUBIC).save(folder / path.name)
-    return folder
+    return save_resized_faces(faces_dir, tmp_path_factory.mktemp("twelve"), 12, 160)
 
 
 # ---------------------------------------------------------------------------------------------------------------- kill
