@@ -45,7 +45,7 @@ class StopSignals:
             os._exit(128 + signum)
         self.signum = signum
         if self.announce:
-            print("relight-build: stopping after the batches in progress (again to stop at once)", file=sys.stderr,
+            print("relight-build: stopping once the work in progress is saved (again to stop at once)", file=sys.stderr,
                   flush=True)
 
     def check(self) -> None:
