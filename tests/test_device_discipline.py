@@ -35,6 +35,7 @@ from relight_datasets.ops import (
     lighting,
     normals,
     patterns,
+    smoothness,
 )
 from relight_datasets.testing import make_tiny_checkpoints
 from relight_datasets.transforms import PairedTransform, RelightBatch, RelightOnTheFly
@@ -221,6 +222,8 @@ OP_CASES = {
     "patterns.render_pattern": lambda x: [patterns.render_pattern(family, 36, 28, rng.row_generator(1, "p", family))
                                           for family in patterns.PATTERN_FAMILIES],
     "patterns.render_pattern_from_params": lambda x: patterns.render_pattern_from_params(x["pattern"], 20, 24),
+    "smoothness.banding_score": lambda x: [smoothness.banding_score(x["normals"], x["mask"]),
+                                           smoothness.banding_score(x["depth"])],
 }
 
 
