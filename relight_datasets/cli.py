@@ -23,8 +23,9 @@ EXIT_FAILED = 1
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags choosing the model-backed stages (shared with ``scripts/bench.py``); see :func:`model_overrides`."""
     parser.add_argument("--segmenter", choices=SEGMENTERS, default=None,
-                        help="auto tries sam3, then sam2, then classical; the others force one and fail (exit 2) "
-                        "when its model cannot load (config: segmentation.method, default auto)")
+                        help="auto tries sam3, then sam2, then mediapipe (shipped, offline), then classical; the "
+                        "others force one and fail (exit 2) when its model cannot load (config: "
+                        "segmentation.method, default auto)")
     parser.add_argument("--sam3-model", default=None, metavar="ID_OR_DIR",
                         help="SAM3 checkpoint, Hub id or local folder (config: segmentation.sam3_model, default "
                         "facebook/sam3)")

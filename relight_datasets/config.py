@@ -41,7 +41,7 @@ class ClassicalSegmentationConfig:
 
 @dataclass
 class SegmentationConfig:
-    method: Literal["auto", "sam3", "sam2", "classical"] = "auto"
+    method: Literal["auto", "sam3", "sam2", "mediapipe", "classical"] = "auto"
     text_prompt: str = "person"
     min_coverage: float = 0.02
     score_threshold: float = 0.5
@@ -51,6 +51,7 @@ class SegmentationConfig:
     detector_model: str = "IDEA-Research/grounding-dino-tiny"
     detector_threshold: float = 0.3
     max_people: int = 4
+    mediapipe_threshold: float = 0.75
     classical: ClassicalSegmentationConfig = field(default_factory=ClassicalSegmentationConfig)
 
 
@@ -242,7 +243,7 @@ def validate(config: BuildConfig) -> BuildConfig:
         raise ConfigError(f"reference_resolution: must be at least 16 pixels, got {config.reference_resolution}")
     _check_unit_range("segmentation.min_coverage", config.segmentation.min_coverage)
     seg = config.segmentation
-    for key in ("score_threshold", "mask_threshold", "detector_threshold"):
+    for key in ("score_threshold", "mask_threshold", "detector_threshold", "mediapipe_threshold"):
         _check_unit_range(f"segmentation.{key}", getattr(seg, key))
     if seg.max_people < 1:
         raise ConfigError(f"segmentation.max_people: must be at least 1, got {seg.max_people}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -314,13 +315,40 @@ def evaluate_normals(config: BuildConfig, size: int, device: torch.device | str 
     return results
 
 
+BACKGROUND_PHOTOS = ("coffee.png", "rocket.jpg", "motorcycle_left.png", "chelsea.png", "motorcycle_right.png",
+                     "grass.png", "brick.png", "gravel.png")
+"""Photos without people that scikit-image ships in ``skimage/data`` (public domain or CC0 by its documentation): the
+backgrounds of :func:`synthetic_composites`. The portrait fixtures cannot serve: they are tight face crops whose every
+region may hold hair, shoulders or another person."""
+
+
+def background_photos(count: int, size: int, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``count x 3 x size x size`` backgrounds in [0, 1]: :data:`BACKGROUND_PHOTOS` in turn, each centre-cropped to a
+    square and Lanczos-resized (grey photos repeated over the three channels). Needs scikit-image (the ``dev``
+    extra)."""
+    try:
+        import skimage
+    except ImportError as error:
+        raise RuntimeError("synthetic composites need scikit-image: pip install -e '.[dev]'") from error
+    folder = Path(skimage.__file__).parent / "data"
+    squares = []
+    for name in BACKGROUND_PHOTOS[:count]:
+        with Image.open(folder / name) as photo:
+            photo = photo.convert("RGB")
+            side = min(photo.size)
+            left, top = (photo.width - side) // 2, (photo.height - side) // 2
+            squares.append(np.asarray(photo.crop((left, top, left + side, top + side))
+                                      .resize((size, size), Image.Resampling.LANCZOS)))
+    photos = uint8_to_unit(upload_images(squares, torch.device(device))).to(dtype)
+    return photos[torch.arange(count, device=photos.device, dtype=torch.long) % len(squares)]
+
+
 def synthetic_composites(faces: torch.Tensor, feather_px: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each face (``B x 3 x S x S``, B >= 2) cut out with :func:`person_alpha` and pasted on the next face's top-left
-    quarter (a background region of another photo), enlarged to the full frame. Returns the composites (8-bit grid)
-    and the alpha ``B x 1 x S x S``."""
+    """Each face (``B x 3 x S x S``) cut out with :func:`person_alpha` and pasted on a photo without people
+    (:func:`background_photos`, in turn). Returns the composites (8-bit grid) and the alpha ``B x 1 x S x S``."""
     batch, _, size, _ = faces.shape
-    quarter = faces[:, :, : size // 2, : size // 2].roll(-1, dims=0)
-    background = F.interpolate(quarter, size=(size, size), mode="bilinear", align_corners=False)
+    background = background_photos(batch, size, faces.device, faces.dtype)
     alpha = person_alpha(size, feather_px, faces.device, faces.dtype).expand(batch, 1, -1, -1)
     return quantize_to_8bit(faces * alpha + background * (1 - alpha)), alpha
 

@@ -82,7 +82,7 @@ def test_dataset_loads_with_no_script_and_matches_the_contract(built, faces_dir)
         assert set(np.unique(mask)) <= {0, 255}
         assert row["mask_coverage"] == pytest.approx((mask == 255).mean(), abs=1e-3)
         assert 0.05 < row["mask_coverage"] < 0.95
-        assert row["segmentation_method"] == "classical" and 0 <= row["segmentation_score"] <= 1
+        assert row["segmentation_method"] == "mediapipe" and 0 <= row["segmentation_score"] <= 1
         assert row["normals_method"] == "mask_inflation"
         assert row["albedo_method"] == "retinex" and 0.15 <= row["albedo_blend_ratio"] <= 0.25
         assert row["degradation_type"] in {"soft_shading", "hard_shadow", "specular"}

@@ -32,6 +32,7 @@ from relight_datasets.ops import (
     color,
     composite,
     filters,
+    learned_segmentation,
     lighting,
     normals,
     patterns,
@@ -198,6 +199,14 @@ OP_CASES = {
         x["face"], seed=3),
     "classical_segmentation.upsample_mask_guided": lambda x: classical_segmentation.upsample_mask_guided(
         (x["face_mask"][::2, ::2] > 0).astype(np.uint8), x["face"]),
+    "classical_segmentation.guided_filter": lambda x: classical_segmentation.guided_filter(
+        x["face"][..., 0].astype(np.float32) / 255, (x["face_mask"] > 0).astype(np.float32), 3, 1e-3),
+    "classical_segmentation.fill_small_holes": lambda x: classical_segmentation.fill_small_holes(
+        (x["face_mask"] > 0).astype(np.uint8)),
+    "learned_segmentation.mirror_consensus": lambda x: learned_segmentation.mirror_consensus(
+        x["face_mask"] / np.float32(255), x["face_mask"][:, ::-1] / np.float32(255)),
+    "learned_segmentation.person_mask_from_probability": lambda x: learned_segmentation.person_mask_from_probability(
+        x["face"], x["face_mask"].astype(np.float32) / 255),
     "color.rgb_to_lab": lambda x: color.rgb_to_lab(x["image"]),
     "color.lab_to_rgb": lambda x: color.lab_to_rgb(color.rgb_to_lab(x["image"])),
     "color.luminance": lambda x: color.luminance(x["image"]),

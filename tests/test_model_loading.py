@@ -64,13 +64,13 @@ def _config(*overrides: str):
     return load_config("mvp", overrides=["resolution=64", *overrides])
 
 
-def test_auto_segmenter_falls_back_to_classical_and_records_each_reason():
+def test_auto_segmenter_falls_back_to_the_shipped_model_and_records_each_reason():
     stage = SegmentationStage(_config("segmentation.sam3_model=nobody/no-sam3",
                                       "segmentation.sam2_model=nobody/no-sam2"))
     segmenter = stage.prepare()
-    assert segmenter.method == "classical"
+    assert segmenter.method == "mediapipe"
     info = stage.describe()
-    assert info["method"] == "classical"
+    assert info["method"] == "mediapipe"
     assert [(f["method"], f["model"]) for f in info["fallbacks"]] == [("sam3", "nobody/no-sam3"),
                                                                         ("sam2", "nobody/no-sam2")]
     assert all("HF_HUB_OFFLINE" in f["reason"] for f in info["fallbacks"])

@@ -148,7 +148,7 @@ def test_unreachable_hub_never_hangs(faces, tmp_path):
                           timeout=120)
     assert auto.returncode == 0, auto.stderr
     report = json.loads((tmp_path / "b" / "build_report.json").read_text())
-    assert report["methods"]["segmentation_method"] == {"classical": 3}
+    assert report["methods"]["segmentation_method"] == {"mediapipe": 3}
     assert [f["method"] for f in report["models"]["segmentation"]["fallbacks"]] == ["sam3", "sam2"]
     assert report["models"]["normals"]["method"] == "mask_inflation"
 

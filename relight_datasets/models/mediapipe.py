@@ -18,8 +18,11 @@ top-left pixel, so a pixel's centre is at ``(col + 0.5, row + 0.5)``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from functools import cache
@@ -93,6 +96,30 @@ def model_bytes(name: str) -> bytes:
 
 
 _thread_state = threading.local()
+_native_stderr_lock = threading.Lock()
+LITERT_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+"""What LiteRT's native code prints to stderr for every interpreter it creates; filtered out (no setting silences
+it)."""
+
+
+@contextlib.contextmanager
+def _without_litert_notice():
+    """Capture what native code writes to file descriptor 2 meanwhile and write it back to stderr without
+    :data:`LITERT_NOTICE` lines. Held under a lock: one capture at a time."""
+    with _native_stderr_lock, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if not line.startswith(LITERT_NOTICE)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def interpreter(name: str):
@@ -104,8 +131,9 @@ def interpreter(name: str):
     if name not in interpreters:
         from ai_edge_litert.interpreter import Interpreter
 
-        created = Interpreter(model_content=model_bytes(name), num_threads=1)
-        created.allocate_tensors()
+        with _without_litert_notice():
+            created = Interpreter(model_content=model_bytes(name), num_threads=1)
+            created.allocate_tensors()
         interpreters[name] = created
     return interpreters[name]
 

@@ -34,6 +34,8 @@ import numpy as np
 __all__ = [
     "PersonSegmentation",
     "detect_face_box",
+    "fill_small_holes",
+    "guided_filter",
     "person_prior_box",
     "segment_person_classical",
     "upsample_mask_guided",
@@ -277,15 +279,16 @@ def _prior_labels(
     return labels, head
 
 
-def _fill_small_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill background components that do not touch the border and are small next to the foreground."""
+def fill_small_holes(mask: np.ndarray, max_hole_fraction: float = _MAX_HOLE_FRACTION) -> np.ndarray:
+    """Fill the background components of a 0/1 ``uint8`` mask that do not touch the image border and are at most
+    ``max_hole_fraction`` of the foreground's area."""
     background = (mask == 0).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=4)
     if count <= 1:
         return mask
     on_border = np.zeros(count, dtype=bool)
     on_border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
-    limit = _MAX_HOLE_FRACTION * max(1, int(np.count_nonzero(mask)))
+    limit = max_hole_fraction * max(1, int(np.count_nonzero(mask)))
     hole = ~on_border & (stats[:, cv2.CC_STAT_AREA] <= limit)
     hole[0] = False  # label 0 is the foreground itself
     filled = mask.copy()
@@ -305,17 +308,36 @@ def _clean_mask(mask: np.ndarray, definite: np.ndarray) -> np.ndarray:
         keep[np.unique(labels[definite & (labels > 0)])] = True
         keep[0] = False
         mask = keep[labels].astype(np.uint8)
-    return _fill_small_holes(mask)
+    return fill_small_holes(mask)
+
+
+def guided_filter(guide: np.ndarray, values: np.ndarray, radius: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients of a guided filter (He, Sun & Tang 2013): the local linear model ``values ~ a * guide + b`` fitted
+    over boxes of ``radius`` pixels, then box-averaged. ``guide`` and ``values``: ``h x w`` float32 (grey levels and
+    the field to filter, e.g. in [0, 1]); ``eps`` regularises ``a`` (edges in the guide weaker than about
+    ``sqrt(eps)`` are smoothed over). Returns ``(a, b)``, each ``h x w`` float32: the filtered field is
+    ``a * guide + b``, also after upsampling both to a larger guide (the fast guided filter, He & Sun 2015)."""
+    side = 2 * radius + 1
+
+    def box(field: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(field, -1, (side, side), borderType=cv2.BORDER_REFLECT)
+
+    mean_guide, mean_values = box(guide), box(values)
+    covariance = box(guide * values) - mean_guide * mean_values
+    variance = box(guide * guide) - mean_guide * mean_guide
+    slope = covariance / (variance + eps)
+    offset = mean_values - slope * mean_guide
+    return box(slope), box(offset)
 
 
 def upsample_mask_guided(mask: np.ndarray, image: np.ndarray) -> np.ndarray:
     """A 0/1 ``h x w`` ``uint8`` mask -> a 0/255 mask at the size of the ``H x W x 3`` ``uint8`` RGB image, its
     edges following the image's.
 
-    A fast guided filter (He & Sun 2015) with the grey image as guide: the local linear model ``q = a * I + b`` is
-    fitted on a grid twice the mask's size (at most the image's) over boxes of radius :data:`_GUIDE_RADIUS`, ``a``
-    and ``b`` are upsampled bilinearly and applied to the full-resolution guide, and ``q`` is thresholded at 0.5.
-    Where the image has no edge, the result is the mask upsampled bilinearly and box-smoothed.
+    A fast guided filter (:func:`guided_filter`) with the grey image as guide: fitted on a grid twice the mask's size
+    (at most the image's) over boxes of radius :data:`_GUIDE_RADIUS`, its coefficients upsampled bilinearly and
+    applied to the full-resolution guide, and the result thresholded at 0.5. Where the image has no edge, the result
+    is the mask upsampled bilinearly and box-smoothed.
     """
     height, width = image.shape[:2]
     if mask.shape == (height, width):
@@ -324,18 +346,9 @@ def upsample_mask_guided(mask: np.ndarray, image: np.ndarray) -> np.ndarray:
     guide = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     small_guide = cv2.resize(guide, grid, interpolation=cv2.INTER_AREA)
     small_mask = cv2.resize(mask.astype(np.float32), grid, interpolation=cv2.INTER_LINEAR)
-    side = 2 * _GUIDE_RADIUS + 1
-
-    def box(values: np.ndarray) -> np.ndarray:
-        return cv2.boxFilter(values, -1, (side, side), borderType=cv2.BORDER_REFLECT)
-
-    mean_guide, mean_mask = box(small_guide), box(small_mask)
-    covariance = box(small_guide * small_mask) - mean_guide * mean_mask
-    variance = box(small_guide * small_guide) - mean_guide * mean_guide
-    slope = covariance / (variance + _GUIDE_EPS)
-    offset = mean_mask - slope * mean_guide
-    slope = cv2.resize(box(slope), (width, height), interpolation=cv2.INTER_LINEAR)
-    offset = cv2.resize(box(offset), (width, height), interpolation=cv2.INTER_LINEAR)
+    slope, offset = guided_filter(small_guide, small_mask, _GUIDE_RADIUS, _GUIDE_EPS)
+    slope = cv2.resize(slope, (width, height), interpolation=cv2.INTER_LINEAR)
+    offset = cv2.resize(offset, (width, height), interpolation=cv2.INTER_LINEAR)
     return (slope * guide + offset >= 0.5).astype(np.uint8) * np.uint8(255)
 
 

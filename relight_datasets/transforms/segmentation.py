@@ -1,4 +1,5 @@
-"""Stage 1: person segmentation (SAM3 text prompt, SAM2 box prompts, or the weight-free classical segmenter)."""
+"""Stage 1: person segmentation (SAM3 text prompt, SAM2 box prompts, the shipped MediaPipe person model, or the
+weight-free classical segmenter)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import torch
 from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
 from ..models.segmenters import SegmentedPerson
 from ..ops.classical_segmentation import detect_face_box, person_prior_box, segment_person_classical
+from ..ops.learned_segmentation import mirror_consensus, person_mask_from_probability
 from ..rng import row_seed
 from .base import SKIP_COLUMN, DeviceBatch, Stage, ThreadPool, uint8_to_unit
 
-SEGMENTERS = ("auto", "sam3", "sam2", "classical")
-AUTO_ORDER = ("sam3", "sam2", "classical")
+SEGMENTERS = ("auto", "sam3", "sam2", "mediapipe", "classical")
+AUTO_ORDER = ("sam3", "sam2", "mediapipe", "classical")
 SEGMENTATION_STREAM = "segmentation"
 """Name of the per-row random stream that seeds GrabCut (:func:`relight_datasets.rng.row_seed`)."""
 
@@ -54,14 +56,50 @@ class ClassicalSegmenter:
                 for result in found]
 
 
+class MediaPipeSegmenter:
+    """MediaPipe's selfie segmentation (shipped with the package, run on the CPU through LiteRT), fused with the image
+    by :mod:`relight_datasets.ops.learned_segmentation`: mirror consensus, guided refinement, threshold
+    ``segmentation.mediapipe_threshold``. One image per thread; each mask found is copied to the device once.
+    Raises :class:`~relight_datasets.models.ModelUnavailable` when the runtime or the model file is missing."""
+
+    method = "mediapipe"
+
+    def __init__(self, config):
+        from ..models import mediapipe
+
+        self.config = config
+        self.pool = ThreadPool()
+        try:
+            mediapipe.interpreter("selfie_segmentation")
+        except (ImportError, mediapipe.ModelIntegrityError) as error:
+            file_name = mediapipe.MODEL_FILES["selfie_segmentation"][0]
+            raise ModelUnavailable("segmentation", file_name, str(error).splitlines()[0]) from error
+        self._person_probability = mediapipe.person_probability
+
+    def _segment(self, image: np.ndarray) -> SegmentedPerson | None:
+        probability, mirrored = self._person_probability([image, np.ascontiguousarray(image[:, ::-1])])
+        consensus = mirror_consensus(probability, mirrored)
+        mask = person_mask_from_probability(image, consensus, self.config.segmentation.mediapipe_threshold)
+        inside = mask > 0
+        if not inside.any():
+            return None
+        return SegmentedPerson(torch.from_numpy(mask), float(consensus[inside].mean()))
+
+    def __call__(self, images: list[np.ndarray], device: torch.device) -> list[SegmentedPerson | None]:
+        """Host ``H x W x 3`` uint8 images -> per image, the people with their mask on ``device``, or None."""
+        found = self.pool.map(self._segment, images)
+        return [None if person is None else SegmentedPerson(person.mask.to(device), person.score) for person in found]
+
+
 class SegmentationStage(Stage):
     """Person mask (``1 x H x W``, 1 = person; stored as an ``H x W`` uint8 image, 255 = person) for each ``input``.
 
-    ``segmentation.method``: ``sam3``, ``sam2`` or ``classical`` forces one segmenter (a model that cannot load
-    raises :class:`~relight_datasets.models.ModelUnavailable`); ``auto`` takes the first of sam3, sam2, classical
-    that loads and logs each fallback reason once. Models load once per process and device, on first use or in
-    :meth:`prepare`. Rows where nothing is found, or whose mask covers less than ``segmentation.min_coverage`` of
-    the image, are skipped with reason ``no_person``. ``segmentation_method`` records what made each mask.
+    ``segmentation.method``: ``sam3``, ``sam2``, ``mediapipe`` or ``classical`` forces one segmenter (a model that
+    cannot load raises :class:`~relight_datasets.models.ModelUnavailable`); ``auto`` takes the first of sam3, sam2,
+    mediapipe, classical that loads and logs each fallback reason once. Models load once per process and device,
+    on first use or in :meth:`prepare`. Rows where nothing is found, or whose mask covers less than
+    ``segmentation.min_coverage`` of the image, are skipped with reason ``no_person``. ``segmentation_method``
+    records what made each mask.
     """
 
     name = "segmentation"
@@ -92,6 +130,8 @@ class SegmentationStage(Stage):
                     warn_once(f"{error}; SAM2 takes its boxes from the face prior instead")
                     self.detector_fallback = {"model": error.model_id, "reason": error.reason}
             return segmenter
+        if method == "mediapipe":
+            return MediaPipeSegmenter(self.config)
         return ClassicalSegmenter(self.config)
 
     def prepare(self, rank: int | None = None):
@@ -102,7 +142,7 @@ class SegmentationStage(Stage):
             for method in AUTO_ORDER if forced == "auto" else (forced,):
                 try:
                     self._segmenters[device] = self._make(method, device)
-                    if method != "classical" and device.type == "cpu":
+                    if method in ("sam3", "sam2") and device.type == "cpu":
                         warn_once(f"segmentation: {method} runs on the CPU here, which takes tens of seconds per "
                                   "image; use a GPU, or --segmenter classical for a fast CPU build")
                     break
@@ -134,6 +174,8 @@ class SegmentationStage(Stage):
         segmenter = self.prepare(rank)
         if segmenter.method == "classical":
             results = segmenter(batch.host_input, batch.image_ids, batch.device)
+        elif segmenter.method == "mediapipe":
+            results = segmenter(batch.host_input, batch.device)
         elif segmenter.method == "sam2":
             results = segmenter(batch.input_uint8, batch.host_input)
         else:
