@@ -35,8 +35,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="zero-shot detector giving SAM2 its person boxes; '' uses the face-prior box (config: "
                         "segmentation.detector_model, default IDEA-Research/grounding-dino-tiny)")
     parser.add_argument("--normals", choices=NORMAL_ESTIMATORS, default=None,
-                        help="auto uses depth when its model loads, else mask normals; depth forces it "
-                        "(config: normals.method, default auto)")
+                        help="auto: faces from the shipped face mesh, the rest from depth when its model loads, "
+                        "else from the mask; face_mesh: face mesh over mask normals; depth / classical: only depth / "
+                        "mask normals (config: normals.method, default auto)")
     parser.add_argument("--depth-model", default=None, metavar="ID_OR_DIR",
                         help="depth checkpoint for AutoModelForDepthEstimation (config: normals.depth_model, default "
                         "depth-anything/Depth-Anything-V2-Small-hf)")

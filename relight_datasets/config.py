@@ -69,11 +69,14 @@ class AlbedoConfig:
 
 @dataclass
 class NormalsConfig:
-    method: Literal["auto", "depth", "classical"] = "auto"
+    method: Literal["auto", "face_mesh", "depth", "classical"] = "auto"
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
     depth_relief: float = 0.5
     inflation_sigma: float = 0.12
     edge_tilt_deg: float = 70.0
+    face_render_side: int = 512  # long side the face mesh is rendered at, then resized to the image
+    face_smoothing: float = 0.01  # Gaussian smoothing of the rendered face normals, in face sizes (sqrt of its area)
+    face_feather: float = 0.06  # width of the ease from face normals into body normals, in face sizes
 
 
 @dataclass
@@ -254,6 +257,10 @@ def validate(config: BuildConfig) -> BuildConfig:
         if not getattr(getattr(config, section), name).strip():
             raise ConfigError(f"{section}.{name}: must name a Hub model id or a local folder")
     _check_unit_range("normals.depth_relief", config.normals.depth_relief, 0.01, 4.0)
+    _check_unit_range("normals.face_smoothing", config.normals.face_smoothing, 0.0, 0.2)
+    _check_unit_range("normals.face_feather", config.normals.face_feather, 0.0, 0.5)
+    if config.normals.face_render_side < 64:
+        raise ConfigError("normals.face_render_side: must be at least 64")
     if config.segmentation.classical.work_size < 64:
         raise ConfigError("segmentation.classical.work_size: must be at least 64")
     if config.segmentation.classical.grabcut_iterations < 1:

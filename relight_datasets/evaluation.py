@@ -17,7 +17,7 @@ Images are ``B x C x H x W`` floats in [0, 1] unless stated otherwise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import BuildConfig
+from .ops.face_mesh import rasterize, vertex_normals
 from .ops.filters import gaussian_blur
 from .ops.lighting import lambertian_shading, light_direction
-from .ops.normals import decode_normals, encode_normals, normals_from_depth
+from .ops.normals import decode_normals, encode_normals, normals_from_depth, unit_vectors
 from .relighting import quantize_to_8bit
 from .transforms import AlbedoStage, NormalsStage, SegmentationStage
 from .transforms.base import to_uint8_array, uint8_to_unit, upload_images
@@ -259,6 +260,58 @@ def analytic_shape(name: str, size: int, device: torch.device | str = "cpu",
     return AnalyticShape(height[None, None], normals[None], inside.to(dtype)[None, None])
 
 
+@dataclass(frozen=True)
+class AnalyticMesh:
+    """A triangle mesh on the surface of an :func:`analytic_shape`: ``screen_vertices`` ``V x 3`` (x right, y down in
+    pixels, height towards the camera), the same points in the camera frame ``camera_vertices`` (y up), and
+    ``triangles`` ``T x 3`` wound so that their cross products face the camera."""
+
+    screen_vertices: torch.Tensor
+    camera_vertices: torch.Tensor
+    triangles: torch.Tensor
+
+
+def analytic_mesh(name: str, size: int, rings: int = 12, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> AnalyticMesh:
+    """The visible surface of :func:`analytic_shape` ``name`` as a mesh about as dense as the face mesh (``rings``
+    rings of ``4 rings`` vertices: 12 gives 577 vertices, the face mesh has 468). Sphere and ellipsoid: points at
+    polar angles up to 90 deg from the viewing axis (the last ring on the silhouette) and the pole facing the camera;
+    box: its flat top as a ``rings x rings`` grid."""
+    device = torch.device(device)
+    if name in ("sphere", "ellipsoid"):
+        a, b, c = (0.4 * size,) * 3 if name == "sphere" else (0.28 * size, 0.4 * size, 0.25 * size)
+        polar = torch.linspace(0, math.pi / 2, rings + 1, device=device, dtype=torch.float64)[1:]
+        azimuth = torch.arange(4 * rings, device=device, dtype=torch.float64) * (2 * math.pi / (4 * rings))
+        theta, phi = torch.meshgrid(polar, azimuth, indexing="ij")
+        ring_points = torch.stack([a * theta.sin() * phi.cos(), b * theta.sin() * phi.sin(), c * theta.cos()], -1)
+        pole = torch.tensor([[0.0, 0.0, c]], device=device, dtype=torch.float64)
+        camera = torch.cat([pole, ring_points.reshape(-1, 3)])
+        count = 4 * rings
+        index = torch.arange(rings * count, device=device, dtype=torch.long).reshape(rings, count) + 1
+        following = index.roll(-1, dims=1)
+        fan = torch.stack([torch.zeros_like(index[0]), index[0], following[0]], dim=1)
+        lower = torch.stack([index[:-1], index[1:], following[1:]], dim=-1).reshape(-1, 3)
+        upper = torch.stack([index[:-1], following[1:], following[:-1]], dim=-1).reshape(-1, 3)
+        triangles = torch.cat([fan, lower, upper])
+    elif name == "box":
+        xs = torch.linspace(-0.25 * size, 0.25 * size, rings + 1, device=device, dtype=torch.float64)
+        ys = torch.linspace(-0.3 * size, 0.3 * size, rings + 1, device=device, dtype=torch.float64)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        camera = torch.stack([grid_x, grid_y, torch.full_like(grid_x, 0.15 * size)], -1).reshape(-1, 3)
+        index = torch.arange((rings + 1) ** 2, device=device, dtype=torch.long).reshape(rings + 1, rings + 1)
+        lower = torch.stack([index[:-1, :-1], index[:-1, 1:], index[1:, 1:]], dim=-1).reshape(-1, 3)
+        upper = torch.stack([index[:-1, :-1], index[1:, 1:], index[1:, :-1]], dim=-1).reshape(-1, 3)
+        triangles = torch.cat([lower, upper])
+    else:
+        raise ValueError(f"unknown shape {name!r} (valid: {', '.join(SHAPES)})")
+    corners = camera[triangles]
+    facing = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=1)[:, 2]
+    triangles = torch.where((facing < 0)[:, None], triangles.flip(1), triangles)
+    # The analytic shapes are centred in the frame, with y up: pixel y = size / 2 - y.
+    screen = torch.stack([camera[:, 0] + size / 2, size / 2 - camera[:, 1], camera[:, 2]], dim=1)
+    return AnalyticMesh(screen.to(dtype), camera.to(dtype), triangles)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Runs of the build's stages on the scenes
 
@@ -295,22 +348,29 @@ def evaluate_albedo(faces: torch.Tensor, config: BuildConfig, seed: int = 0) -> 
 
 
 def evaluate_normals(config: BuildConfig, size: int, device: torch.device | str = "cpu") -> dict[str, dict]:
-    """Angular error (degrees, inside each shape's mask) of the build's two normal paths on :func:`analytic_shape`:
-    ``mask_inflation`` (the normals stage, ``normals.method = classical``, on the shape's silhouette) and ``depth``
-    (:func:`~relight_datasets.ops.normals.normals_from_depth` with the config's relief on the exact height, stored at 8
-    bits as the stage stores it). Returns ``{path: {shape: (mean, p95)}}``."""
+    """Angular error (degrees, inside each shape's mask) of the build's normal paths on :func:`analytic_shape`:
+    ``face_mesh`` (the face-mesh renderer, :func:`~relight_datasets.ops.face_mesh.vertex_normals` and
+    :func:`~relight_datasets.ops.face_mesh.rasterize`, on :func:`analytic_mesh`: points on the exact surface, as
+    the face mesh gives points on a face), ``mask_inflation`` (the normals stage with ``normals.method =
+    classical``, on the shape's silhouette) and ``depth`` (:func:`~relight_datasets.ops.normals.normals_from_depth`
+    with the config's relief on the exact height). All stored at 8 bits as the stage stores them. Returns
+    ``{path: {shape: (mean, p95)}}``."""
     device = torch.device(device)
-    stage = NormalsStage(config, device)
-    results: dict[str, dict] = {"mask_inflation": {}, "depth": {}}
+    stage = NormalsStage(replace(config, normals=replace(config.normals, method="classical")), device)
+    results: dict[str, dict] = {"face_mesh": {}, "mask_inflation": {}, "depth": {}}
     for name in SHAPES:
         shape = analytic_shape(name, size, device)
+        mesh = analytic_mesh(name, size, device=device)
+        rendered, _, coverage = rasterize(mesh.screen_vertices, mesh.triangles,
+                                          vertex_normals(mesh.camera_vertices, mesh.triangles), size, size)
+        from_mesh = torch.where(coverage > 0, unit_vectors(rendered[None]), shape.normals)
         rows = stage({"image_id": [name], "input": _to_pil(shape.mask.expand(1, 3, -1, -1)),
                       "mask": _to_pil(shape.mask)})
         inflated = decode_normals(_from_column(rows["normals"], device))
         from_depth = normals_from_depth(shape.height, larger_is_closer=True, relief=config.normals.depth_relief)
-        stored = decode_normals(quantize_to_8bit(encode_normals(from_depth)))
-        for path, normals in (("mask_inflation", inflated), ("depth", stored)):
-            mean, p95 = masked_mean_and_percentile(angular_error_deg(normals, shape.normals), shape.mask)
+        for path, normals in (("face_mesh", from_mesh), ("mask_inflation", inflated), ("depth", from_depth)):
+            stored = normals if path == "mask_inflation" else decode_normals(quantize_to_8bit(encode_normals(normals)))
+            mean, p95 = masked_mean_and_percentile(angular_error_deg(stored, shape.normals), shape.mask)
             results[path][name] = (mean.item(), p95.item())
     return results
 

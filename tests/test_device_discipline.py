@@ -26,11 +26,13 @@ import relight_datasets.ops
 from relight_datasets import rng
 from relight_datasets.builder.pipeline import RelightPipeline
 from relight_datasets.config import load_config
+from relight_datasets.models import mediapipe
 from relight_datasets.ops import (
     albedo,
     classical_segmentation,
     color,
     composite,
+    face_mesh,
     filters,
     learned_segmentation,
     lighting,
@@ -176,8 +178,11 @@ def op_inputs(face_paths) -> dict:
     face = load_rgb(face_paths[0], RESOLUTION)
     found = classical_segmentation.segment_person_classical(face)
     assert found is not None, "the fixture face must be found"
+    meshes = mediapipe.face_meshes(face)
+    assert meshes, "the fixture face's mesh must be found"
     return {"image": image, "mask": mask, "depth": depth, "normals": unit, "face": face, "face_box": found.face_box,
             "face_mask": found.mask, "light": [[0.3, 0.4, 0.866], [-0.6, 0.0, 0.8]],
+            "meshes": meshes,
             "pattern": patterns.render_pattern("voronoi", 8, 8, rng.row_generator(0, "p", "pattern"))[1]}
 
 
@@ -214,6 +219,25 @@ OP_CASES = {
     "composite.background_plate": lambda x: [composite.background_plate(x["image"], mode)
                                              for mode in ("original", "gray", "black")],
     "composite.composite": lambda x: composite.composite(x["image"], x["image"].flip(1), x["mask"]),
+    "face_mesh.face_mesh_edges": lambda x: face_mesh.face_mesh_edges(),
+    "face_mesh.triangles_from_edges": lambda x: face_mesh.triangles_from_edges(face_mesh.face_mesh_edges()),
+    "face_mesh.orient_consistently": lambda x: face_mesh.orient_consistently(
+        face_mesh.triangles_from_edges(face_mesh.face_mesh_edges())),
+    "face_mesh.boundary_loops": lambda x: face_mesh.boundary_loops(face_mesh.face_mesh_topology().triangles),
+    "face_mesh.fill_holes": lambda x: face_mesh.fill_holes(
+        face_mesh.face_mesh_topology().triangles, list(face_mesh.face_mesh_topology().holes), 468),
+    "face_mesh.with_hole_centres": lambda x: face_mesh.with_hole_centres(
+        torch.as_tensor(x["meshes"][0], device="cpu", dtype=torch.float32), face_mesh.face_mesh_topology().holes),
+    "face_mesh.vertex_normals": lambda x: face_mesh.vertex_normals(
+        x["image"].reshape(-1, 3)[:30], torch.arange(30, device="cpu", dtype=torch.long).reshape(10, 3)),
+    "face_mesh.rasterize": lambda x: face_mesh.rasterize(
+        x["image"].reshape(-1, 3)[:30] * 40, torch.arange(30, device="cpu", dtype=torch.long).reshape(10, 3),
+        x["image"].reshape(-1, 2)[:30], 40, 32),
+    "face_mesh.render_face_geometry": lambda x: face_mesh.render_face_geometry(x["meshes"], 128, 128, "cpu"),
+    "face_mesh.render_face_normals": lambda x: face_mesh.render_face_normals(
+        x["meshes"], 128, 128, "cpu", torch.float32, max_side=64),
+    "face_mesh.blend_face_normals": lambda x: face_mesh.blend_face_normals(
+        x["normals"], x["normals"].flip(-1), x["mask"], 3.0),
     "filters.gaussian_blur": lambda x: [filters.gaussian_blur(x["image"], 1.5),
                                         filters.gaussian_blur(x["image"], 9.0, x["mask"])],
     "filters.kernel_size_to_sigma": lambda x: filters.kernel_size_to_sigma(31),
@@ -275,10 +299,13 @@ def run_pipeline(overrides: list[str], batch: dict[str, list], default_device: s
 
 
 WEIGHT_FREE = ["segmentation.method=classical", "normals.method=classical"]
+SHIPPED_MODELS = ["segmentation.method=mediapipe", "normals.method=face_mesh"]
+"""The offline default: the MediaPipe models shipped with the package."""
 
 
-def test_weight_free_pipeline_under_device_discipline_gives_the_same_rows(face_paths):
-    rows = run_pipeline(WEIGHT_FREE, source_batch(face_paths), default_device="meta")
+@pytest.mark.parametrize("overrides", [WEIGHT_FREE, SHIPPED_MODELS], ids=["weight_free", "shipped_models"])
+def test_offline_pipelines_under_device_discipline_give_the_same_rows(face_paths, overrides):
+    rows = run_pipeline(overrides, source_batch(face_paths), default_device="meta")
     assert not any(rows["skip_reason"]), rows["skip_reason"]
 
 

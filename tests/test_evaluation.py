@@ -157,7 +157,9 @@ def test_evaluate_script_on_two_fixtures_writes_the_numbers(faces_dir, tmp_path)
 
     build, nothing = row("albedo si-LMSE, build")[0], row("albedo si-LMSE, doing nothing")[0]
     assert 0 < build < 0.1 and 0 < nothing < 0.1
-    assert 0 < row("mask IoU")[0] <= 1 and 0 <= row("mask boundary F")[0] <= 1
+    for segmenter in ("mediapipe", "classical"):
+        assert 0 < row(f"mask IoU, {segmenter}")[0] <= 1 and 0 <= row(f"mask boundary F, {segmenter}")[0] <= 1
     assert row("banding of exact sphere normals")[0] < 0.1
-    shapes = next(line for line in document.splitlines() if line.startswith("| mask_inflation"))
-    assert len(re.findall(r"[0-9.]+ / [0-9.]+", shapes)) == 3
+    for path in ("face_mesh", "mask_inflation", "depth"):
+        shapes = next(line for line in document.splitlines() if line.startswith(f"| {path} "))
+        assert len(re.findall(r"[0-9.]+ / [0-9.]+", shapes)) == 3

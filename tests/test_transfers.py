@@ -196,6 +196,15 @@ def test_weight_free_pipeline_copies_each_image_once_each_way(face_paths):
     assert counter.moves == {"relight_datasets/ops/patterns.py:_fbm": ROWS}
 
 
+def test_shipped_model_pipeline_copies_each_image_once_each_way(face_paths):
+    counter, rows = count_pipeline(["segmentation.method=mediapipe", "normals.method=face_mesh"],
+                                   source_batch(face_paths))
+    assert rows["segmentation_method"] == ["mediapipe"] * ROWS and rows["normals_method"] == ["face_mesh"] * ROWS
+    assert counter.uploads["image"] == ROWS
+    assert counter.uploads["mask"] == ROWS  # MediaPipe's masks, made on the host (LiteRT); face meshes are 468 points
+    assert counter.downloads == {"image": 4 * ROWS, "mask": ROWS}
+
+
 def test_model_pipeline_keeps_masks_and_depth_on_the_device(tiny, face_paths):
     counter, rows = count_pipeline(["segmentation.method=sam3", f"segmentation.sam3_model={tiny['sam3']}",
                                     "normals.method=depth", f"normals.depth_model={tiny['depth']}", *OPEN],

@@ -319,3 +319,15 @@ def face_landmarks(image: np.ndarray, face: Face) -> tuple[np.ndarray, float]:
     z = points[:, 2] * side / LANDMARK_SIZE
     landmarks = np.concatenate([xy, z[:, None]], axis=1).astype(np.float32)
     return landmarks, float(sigmoid(presence_logit.reshape(-1))[0])
+
+
+def face_meshes(image: np.ndarray, min_presence: float = 0.5) -> list[np.ndarray]:
+    """The 468-point mesh (``468 x 3`` float32, see :func:`face_landmarks`) of every face :func:`detect_faces`
+    finds in ``image`` (``H x W x 3`` uint8 RGB) whose face-presence score is at least ``min_presence``; best first.
+    Empty when no face is found (too small, turned away, or no person)."""
+    meshes = []
+    for face in detect_faces(image):
+        landmarks, presence = face_landmarks(image, face)
+        if presence >= min_presence:
+            meshes.append(landmarks)
+    return meshes

@@ -1,25 +1,57 @@
-"""Surface normals for shading: from a monocular depth network, or estimated offline from the person mask."""
+"""Surface normals for shading: faces from MediaPipe's face mesh (shipped), the rest from a monocular depth network
+or from the person mask."""
 
 from __future__ import annotations
 
 import torch
 
 from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
+from ..ops.face_mesh import blend_face_normals, render_face_normals
 from ..ops.normals import encode_normals, normals_from_depth, normals_from_mask
 from ..relighting import quantize_to_8bit
-from .base import DeviceBatch, Stage
+from .base import DeviceBatch, Stage, ThreadPool
 
-NORMAL_ESTIMATORS = ("auto", "depth", "classical")
+NORMAL_ESTIMATORS = ("auto", "face_mesh", "depth", "classical")
+FACE_MESH_MODEL_FILES = ("face_detection_short_range.tflite", "face_landmark.tflite")
+
+
+class FaceMeshes:
+    """The shipped face detector and 468-point face mesh (:mod:`relight_datasets.models.mediapipe`), one image per
+    thread on the host. Raises :class:`~relight_datasets.models.ModelUnavailable` when the runtime or a model file
+    is missing or altered."""
+
+    def __init__(self):
+        from ..models import mediapipe
+
+        try:
+            for name in ("face_detection", "face_landmark"):
+                mediapipe.interpreter(name)
+        except (ImportError, mediapipe.ModelIntegrityError) as error:
+            raise ModelUnavailable("face mesh", " + ".join(FACE_MESH_MODEL_FILES),
+                                   str(error).splitlines()[0]) from error
+        self._face_meshes = mediapipe.face_meshes
+        self.pool = ThreadPool()
+
+    def __call__(self, images: list) -> list[list]:
+        """Host ``H x W x 3`` uint8 images -> per image, the ``468 x 3`` landmarks of each face found (maybe none)."""
+        return self.pool.map(self._face_meshes, images)
 
 
 class NormalsStage(Stage):
     """RGB-encoded normals (``3 x H x W`` on the 8-bit grid, see :func:`relight_datasets.ops.normals.encode_normals`).
 
-    ``depth`` runs ``normals.depth_model`` on the input image and differentiates its relative depth, normalised so
-    the result depends on neither the model's units nor the image size (``normals_method = "depth"``).
-    ``classical`` inflates the silhouette into a smooth bulge (``"mask_inflation"``). ``auto`` uses depth when the
-    model loads and falls back to the mask otherwise (logging why once); ``depth`` forces it (a model that cannot
-    load raises :class:`~relight_datasets.models.ModelUnavailable`).
+    Two sources are combined: the **body** (hair, neck, clothes, and everything when no face is found) from either
+    ``normals.depth_model`` run on the input image (its relative depth differentiated and normalised so the result
+    depends on neither the model's units nor the image size) or the silhouette inflated into a smooth bulge; and the
+    **faces** from MediaPipe's face mesh, rendered with a z-buffer and eased into the body normals
+    (:func:`~relight_datasets.ops.face_mesh.blend_face_normals`). ``normals.method``:
+
+    - ``auto``: face mesh over depth when the depth model loads, else over the inflated silhouette;
+    - ``face_mesh``: face mesh over the inflated silhouette; ``depth``: depth only; ``classical``: silhouette only.
+
+    A method whose model cannot load raises :class:`~relight_datasets.models.ModelUnavailable` when forced; ``auto``
+    logs why once and goes on without it. ``normals_method`` records what made each row's normals: ``face_mesh`` /
+    ``face_mesh+depth`` (a face was found), ``mask_inflation`` / ``depth`` (none was, or the face mesh is off).
     """
 
     name = "normals"
@@ -29,24 +61,41 @@ class NormalsStage(Stage):
     def __init__(self, config, device="cpu"):
         super().__init__(config, device)
         self._estimators: dict[torch.device, object] = {}
-        self.fallback: dict | None = None
+        self._face_meshes: FaceMeshes | None | bool = False  # False: not loaded yet; None: off or unavailable
+        self.fallbacks: list[dict] = []
+
+    def _load_face_meshes(self) -> FaceMeshes | None:
+        if self._face_meshes is False:
+            method = self.config.normals.method
+            self._face_meshes = None
+            if method in ("auto", "face_mesh"):
+                try:
+                    self._face_meshes = FaceMeshes()
+                except ModelUnavailable as error:
+                    if method == "face_mesh":
+                        raise
+                    warn_once(f"normals: face mesh unavailable, faces get body normals: {error}")
+                    self.fallbacks.append({"method": "face_mesh", "model": error.model_id, "reason": error.reason})
+        return self._face_meshes
 
     def prepare(self, rank: int | None = None):
-        """The depth estimator for this process's device (None: mask normals), loaded on first call."""
+        """The depth estimator for this process's device (None: silhouette normals), loaded on first call, and the
+        face mesh models (once per process)."""
         from ..models.depth import DepthEstimator
 
+        self._load_face_meshes()
         device = self.device(rank)
         method, model_id = self.config.normals.method, self.config.normals.depth_model
         if device not in self._estimators:
             estimator = None
-            if method != "classical":
+            if method in ("auto", "depth"):
                 try:
                     estimator = DepthEstimator(model_id, device, resolve_dtype(self.config.dtype, device))
                 except ModelUnavailable as error:
                     if method == "depth":
                         raise
                     warn_once(f"normals: depth unavailable, falling back to mask normals: {error}")
-                    self.fallback = {"method": "depth", "model": error.model_id, "reason": error.reason}
+                    self.fallbacks.append({"method": "depth", "model": error.model_id, "reason": error.reason})
             self._estimators[device] = estimator
         return self._estimators[device]
 
@@ -54,18 +103,34 @@ class NormalsStage(Stage):
         if not self._estimators:
             return {}
         estimator = next(iter(self._estimators.values()))
-        if estimator is None:
-            return {"method": "mask_inflation", **({"fallbacks": [self.fallback]} if self.fallback else {})}
-        return {"method": "depth", **estimator.loaded.describe()}
+        info = {"method": "mask_inflation"} if estimator is None else {"method": "depth", **estimator.loaded.describe()}
+        if self._face_meshes:
+            info["faces"] = {"method": "face_mesh", "models": list(FACE_MESH_MODEL_FILES)}
+        if self.fallbacks:
+            info["fallbacks"] = self.fallbacks
+        return info
 
     def forward(self, batch: DeviceBatch, rank: int | None) -> dict[str, torch.Tensor | list]:
         estimator = self.prepare(rank)
         cfg = self.config.normals
         if estimator is None:
             normals = normals_from_mask(batch.images["mask"], cfg.inflation_sigma, cfg.edge_tilt_deg)
-            method = "mask_inflation"
+            body = "mask_inflation"
         else:
             depth = estimator(batch.input_uint8)
             normals = normals_from_depth(depth, estimator.larger_is_closer, cfg.depth_relief)
-            method = "depth"
-        return {"normals": quantize_to_8bit(encode_normals(normals)), "normals_method": [method] * len(batch)}
+            body = "depth"
+        methods = [body] * len(batch)
+        face_meshes = self._load_face_meshes()
+        if face_meshes is not None:
+            height, width = normals.shape[-2:]
+            for index, meshes in enumerate(face_meshes(batch.host_input)):
+                if not meshes:
+                    continue
+                face, coverage = render_face_normals(meshes, height, width, normals.device, normals.dtype,
+                                                     cfg.face_render_side, cfg.face_smoothing)
+                feather = cfg.face_feather * float(coverage.sum().sqrt().item())
+                normals[index:index + 1] = blend_face_normals(normals[index:index + 1], face[None], coverage[None],
+                                                              feather)
+                methods[index] = "face_mesh" if body == "mask_inflation" else "face_mesh+depth"
+        return {"normals": quantize_to_8bit(encode_normals(normals)), "normals_method": methods}
