@@ -59,7 +59,7 @@ class SegmentationConfig:
 class AlbedoConfig:
     method: Literal["retinex", "lab"] = "retinex"
     retinex_color: Literal["luminance", "channels"] = "luminance"
-    retinex_scales: list[float] = field(default_factory=lambda: [15.0, 80.0, 250.0])
+    retinex_scales: list[float] = field(default_factory=lambda: [80.0, 160.0, 320.0])
     color_balance_percent: float = 1.0
     blend_range: Range = (0.15, 0.25)
     bilateral_diameter: int = 9
@@ -74,7 +74,7 @@ class NormalsConfig:
     depth_relief: float = 0.5
     inflation_sigma: float = 0.12
     edge_tilt_deg: float = 70.0
-    face_render_side: int = 512  # long side the face mesh is rendered at, then resized to the image
+    face_render_side: int = 256  # long side the face mesh is rendered at, then resized (0.07 deg mean from 512)
     face_smoothing: float = 0.01  # Gaussian smoothing of the rendered face normals, in face sizes (sqrt of its area)
     face_feather: float = 0.06  # width of the ease from face normals into body normals, in face sizes
 

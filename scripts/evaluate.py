@@ -37,6 +37,7 @@ DEFAULT_FACES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "f
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "quality.md"
 DEFAULT_OVERRIDES = ("segmentation.method=mediapipe", "normals.method=face_mesh")
 """The offline build: the shipped MediaPipe models, what every machine without the Hub's models runs."""
+NOTES_MARKER = "<!-- notes below are kept when scripts/evaluate.py rewrites this file -->"
 COMPARED_SEGMENTER = "classical"
 """Also scored on the mask scenes, for comparison: the weight-free Haar + GrabCut segmenter."""
 
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{results}\n"
                 + EXPLANATION.format(bump=BUMP_SIGMA_FRACTION, tilt=BUMP_TILT_DEG, windows=1 / LMSE_WINDOW_FRACTION))
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    previous = args.output.read_text() if args.output.is_file() else ""
+    if NOTES_MARKER in previous:  # hand-written notes (history, what the pictures show) survive a rerun
+        document += "\n" + previous[previous.index(NOTES_MARKER):]
     args.output.write_text(document)
     print(f"wrote {args.output} ({seconds:.0f} s)")
     return 0

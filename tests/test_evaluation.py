@@ -144,12 +144,15 @@ def test_bump_shading_is_smooth_and_in_range():
 @pytest.mark.slow
 def test_evaluate_script_on_two_fixtures_writes_the_numbers(faces_dir, tmp_path):
     output = tmp_path / "quality.md"
+    notes = "<!-- notes below are kept when scripts/evaluate.py rewrites this file -->\nhand-written history\n"
+    output.write_text("# stale numbers\n\n" + notes)
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--faces", str(faces_dir),
                              "--limit", "2", "--size", "128", "--output", str(output)],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     document = output.read_text()
     assert "scripts/evaluate.py" in document and "2 faces at 128 px" in document
+    assert document.endswith(notes) and "stale numbers" not in document
 
     def row(label: str) -> list[float]:
         line = next(line for line in document.splitlines() if line.startswith(f"| {label}"))

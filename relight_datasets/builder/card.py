@@ -26,6 +26,8 @@ def describe_model(info: dict) -> str:
         text += f", boxes from `{boxes['detector']['model']}`"
     elif "face_prior" in boxes:
         text += ", boxes from the face prior"
+    if "faces" in info:
+        text = f"{info['faces']['method']} faces over {text}"
     for fallback in info.get("fallbacks", []):
         text += f"; {fallback['method']} unavailable ({fallback['reason']})"
     return text

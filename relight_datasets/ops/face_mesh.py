@@ -19,6 +19,7 @@ landmarks of each face into camera-frame normals (x right, y up, z towards the c
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -331,25 +332,40 @@ def render_face_geometry(meshes: list, height: int, width: int, device: torch.de
     return unit.to(dtype), depth.to(dtype), coverage.to(dtype)
 
 
+def _window(coverage: torch.Tensor, margin: int) -> tuple[slice, slice]:
+    """Rows and columns of the bounding box of ``coverage > 0`` (``... x H x W``) grown by ``margin`` pixels, clipped
+    to the image; the whole image when nothing is covered."""
+    covered = coverage.reshape(-1, *coverage.shape[-2:]).amax(dim=0) > 0
+    rows, cols = torch.nonzero(covered.any(dim=1)).squeeze(1), torch.nonzero(covered.any(dim=0)).squeeze(1)
+    if len(rows) == 0:
+        return slice(None), slice(None)
+    height, width = covered.shape
+    return (slice(max(0, int(rows[0]) - margin), min(height, int(rows[-1]) + 1 + margin)),
+            slice(max(0, int(cols[0]) - margin), min(width, int(cols[-1]) + 1 + margin)))
+
+
 def render_face_normals(meshes: list, height: int, width: int, device: torch.device | str, dtype: torch.dtype,
-                        max_side: int = 512, smoothing: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+                        max_side: int = 256, smoothing: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Smooth face normals and soft coverage for one ``height x width`` image, from MediaPipe landmarks (see
     :func:`render_face_geometry`).
 
     The mesh is rendered at most ``max_side`` pixels on the long side (a 468-point mesh has no detail beyond that;
     the cost stays bounded at any resolution), the normals are smoothed inside the coverage by a normalised Gaussian
     of ``smoothing`` times the face size (the square root of its area), which rounds off the creases that linear
-    interpolation leaves between triangles, and both are resized bilinearly to the image. Returns unit normals
-    ``3 x H x W`` and coverage ``1 x H x W`` in [0, 1]."""
+    interpolation leaves between triangles, and both are resized bilinearly to the image. Only the faces' bounding
+    box is filtered. Returns unit normals ``3 x H x W`` (``(0, 0, 1)`` outside the faces) and coverage ``1 x H x W``
+    in [0, 1]."""
     scale = min(1.0, max_side / max(height, width))
     render_height, render_width = max(1, round(height * scale)), max(1, round(width * scale))
     scaled = [np.asarray(mesh, dtype=np.float64) * np.array([render_width / width, render_height / height, scale])
               for mesh in meshes]
     normals, _, coverage = render_face_geometry(scaled, render_height, render_width, device, dtype)
-    face_size = float(coverage.sum().sqrt().item())
-    if face_size > 0 and smoothing > 0:
-        smoothed = gaussian_blur(normals[None], smoothing * face_size, coverage[None])[0]
-        normals = torch.where(coverage > 0, smoothed, normals)
+    sigma = smoothing * float(coverage.sum().sqrt().item())
+    if sigma > 0:
+        rows, cols = _window(coverage, math.ceil(3 * sigma) + 1)
+        face, inside = normals[:, rows, cols], coverage[:, rows, cols]
+        smoothed = gaussian_blur(face[None], sigma, inside[None])[0]
+        normals[:, rows, cols] = torch.where(inside > 0, smoothed, face)
     if (render_height, render_width) != (height, width):
         resized = F.interpolate(torch.cat([normals, coverage])[None], size=(height, width), mode="bilinear",
                                 align_corners=False)[0]
@@ -364,7 +380,13 @@ def blend_face_normals(base: torch.Tensor, face: torch.Tensor, coverage: torch.T
     ``base``, ``face``: unit normals ``B x 3 x H x W``; ``coverage``: ``B x 1 x H x W`` in [0, 1] (where the face was
     rendered). The face's weight is ``clamp(2 g - 1, 0, 1)`` of the coverage blurred by ``g``, a Gaussian of
     ``feather_px`` pixels: 0 on and outside the face's outline, rising to 1 about two ``feather_px`` inside it, so
-    the outline leaves no seam. Returns unit normals ``B x 3 x H x W``."""
-    weight = (2 * gaussian_blur(coverage, feather_px) - 1).clamp(0, 1) if feather_px > 0 else coverage
-    blended = torch.lerp(base, face, weight)
-    return blended * torch.rsqrt((blended * blended).sum(dim=1, keepdim=True).clamp_min(1e-30))
+    the outline leaves no seam. Only the faces' bounding box is computed (the weight is 0 outside it). Returns unit
+    normals ``B x 3 x H x W``."""
+    rows, cols = _window(coverage, math.ceil(3 * feather_px) + 1)
+    window = (slice(None), slice(None), rows, cols)
+    inside = coverage[window]
+    weight = (2 * gaussian_blur(inside, feather_px) - 1).clamp(0, 1) if feather_px > 0 else inside
+    mixed = torch.lerp(base[window], face[window], weight)
+    blended = base.clone()
+    blended[window] = mixed * torch.rsqrt((mixed * mixed).sum(dim=1, keepdim=True).clamp_min(1e-30))
+    return blended
