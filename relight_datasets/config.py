@@ -59,7 +59,9 @@ class SegmentationConfig:
 class AlbedoConfig:
     method: Literal["retinex", "lab"] = "retinex"
     retinex_color: Literal["luminance", "channels"] = "luminance"
-    retinex_scales: list[float] = field(default_factory=lambda: [80.0, 160.0, 320.0])
+    retinex_scales: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0])
+    robust_tau: float = 0.3  # log-intensity spread of one material: farther pixels hardly count in the surround
+    robust_iterations: int = 3  # M-estimator rounds of the surround (0: the plain Gaussian surround of the seed)
     color_balance_percent: float = 1.0
     blend_range: Range = (0.15, 0.25)
     bilateral_diameter: int = 9
@@ -270,6 +272,9 @@ def validate(config: BuildConfig) -> BuildConfig:
         raise ConfigError(f"albedo.retinex_scales: need one or more positive sigmas, got {albedo.retinex_scales}")
     _check_unit_range("albedo.color_balance_percent", albedo.color_balance_percent, 0.0, 49.0)
     _check_unit_range("albedo.blend_range", albedo.blend_range)
+    _check_unit_range("albedo.robust_tau", albedo.robust_tau, 0.01, 5.0)
+    if not 0 <= albedo.robust_iterations <= 10:
+        raise ConfigError(f"albedo.robust_iterations: must be 0 to 10, got {albedo.robust_iterations}")
     if albedo.bilateral_diameter < 1 or albedo.bilateral_diameter % 2 == 0:
         raise ConfigError(f"albedo.bilateral_diameter: must be a positive odd integer, got {albedo.bilateral_diameter}")
     _check_unit_range("normals.inflation_sigma", config.normals.inflation_sigma, 1e-3, 1.0)

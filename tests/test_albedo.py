@@ -7,6 +7,7 @@ from relight_datasets.ops.albedo import (
     lab_albedo,
     multi_scale_retinex,
     retinex_albedo,
+    robust_surround,
     stretch_to_unit,
 )
 from relight_datasets.ops.color import lab_to_rgb, rgb_to_lab
@@ -151,3 +152,21 @@ def test_blend_with_original_ratio():
     a, b = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
     out = blend_with_original(a, b, torch.tensor([0.15, 0.25]))
     assert torch.allclose(out[0], torch.full((3, 4, 4), 0.15)) and torch.allclose(out[1], torch.full((3, 4, 4), 0.25))
+
+
+def test_the_robust_surround_follows_the_light_across_a_material_edge():
+    # Two materials (dark hair 0.15 on the left, skin 0.7 on the right) under a smooth left-to-right light ramp: the
+    # true surround of skin is skin x light. The plain Gaussian mean straddles the edge (Retinex's halo); the robust
+    # one keeps to each side's material.
+    size, sigma = 128, 20.0
+    x = torch.linspace(0, 1, size, device="cpu", dtype=torch.float32).view(1, 1, 1, size).expand(1, 1, size, size)
+    light = 0.5 + 0.4 * x
+    albedo = torch.where(x < 0.5, torch.tensor(0.15), torch.tensor(0.7))
+    image, mask = albedo * light, torch.ones_like(light)
+    skin_near_edge = (x >= 0.5) & (x < 0.5 + 2 * sigma / size)
+    truth = (0.7 * light)[skin_near_edge]
+    plain = gaussian_blur(image, sigma, mask)[skin_near_edge]
+    robust = robust_surround(image, mask, sigma, tau=0.3, iterations=3)[skin_near_edge]
+    plain_error, robust_error = ((plain - truth) / truth).abs().max(), ((robust - truth) / truth).abs().max()
+    assert plain_error > 0.2
+    assert robust_error < plain_error / 3

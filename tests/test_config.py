@@ -8,7 +8,7 @@ from relight_datasets.config import ConfigError, config_from_dict, load_config
 
 def test_mvp_preset_reproduces_the_seed_values():
     config = load_config("mvp")
-    assert config.albedo.retinex_scales == [80.0, 160.0, 320.0]
+    assert config.albedo.retinex_scales == [50.0, 100.0, 200.0]
     assert config.albedo.color_balance_percent == 1.0
     assert config.albedo.blend_range == (0.15, 0.25)
     assert config.degradation.weights == {"soft_shading": 0.8, "hard_shadow": 0.0, "specular": 0.0}

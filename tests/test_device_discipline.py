@@ -190,8 +190,10 @@ OP_CASES = {
     "albedo.masked_quantiles": lambda x: albedo.masked_quantiles(
         x["image"], x["mask"], torch.tensor([0.1, 0.5], device="cpu", dtype=torch.float32)),
     "albedo.stretch_to_unit": lambda x: albedo.stretch_to_unit(x["image"], x["mask"], 1.0),
-    "albedo.multi_scale_retinex": lambda x: albedo.multi_scale_retinex(x["image"], x["mask"], [3.0, 12.0]),
-    "albedo.retinex_albedo": lambda x: [albedo.retinex_albedo(x["image"], x["mask"], [3.0, 12.0], 1.0, color)
+    "albedo.multi_scale_retinex": lambda x: [albedo.multi_scale_retinex(x["image"], x["mask"], [3.0, 12.0]),
+                                             albedo.multi_scale_retinex(x["image"], x["mask"], [3.0, 20.0], 0.3, 2)],
+    "albedo.robust_surround": lambda x: albedo.robust_surround(x["image"] + 0.01, x["mask"], 17.0, 0.3, 2),
+    "albedo.retinex_albedo": lambda x: [albedo.retinex_albedo(x["image"], x["mask"], [3.0, 12.0], 1.0, color, 0.3, 2)
                                         for color in ("luminance", "channels")],
     "albedo.bilateral_filter": lambda x: albedo.bilateral_filter(x["image"][:, :1], 5, 0.1, 3.0, x["mask"]),
     "albedo.lab_albedo": lambda x: albedo.lab_albedo(x["image"], x["mask"], 5, 20.0, 3.0, 1.0),

@@ -44,25 +44,64 @@ def stretch_to_unit(values: torch.Tensor, mask: torch.Tensor, percent: float) ->
     return ((values - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
 
 
+ROBUST_GRID_PX = 8.0
+""":func:`robust_surround` works on a grid coarsened so that its sigma spans at least this many grid cells."""
+
+
+def robust_surround(image: torch.Tensor, mask: torch.Tensor, sigma: float, tau: float,
+                    iterations: int) -> torch.Tensor:
+    """A Gaussian surround (local mean, ``sigma`` pixels) that rejects other materials: a Welsch M-estimator.
+
+    Starting from the mask-normalised Gaussian mean ``S``, each of ``iterations`` rounds weights every masked pixel by
+    ``exp(-(log I - log S)^2 / (2 tau^2))`` and takes the weighted Gaussian mean again. A pixel whose log intensity
+    lies much more than ``tau`` from its local mean (hair next to skin, an eye, a lip) hardly counts, so the surround
+    follows the gradual light instead of straddling albedo edges (the halo of plain Retinex). The surround is smooth
+    at scale ``sigma``, so it is computed on a grid coarsened by ``floor(sigma / ROBUST_GRID_PX)`` (area averages of
+    the masked image) and resized back bilinearly. ``image``: ``B x C x H x W`` > 0; ``mask``: ``B x 1 x H x W``.
+    Returns ``B x C x H x W``; 0 where no masked pixel is within reach.
+    """
+    height, width = image.shape[-2:]
+    factor = max(1, int(sigma // ROBUST_GRID_PX))
+    grid = (max(1, height // factor), max(1, width // factor))
+    weights = F.adaptive_avg_pool2d(mask.to(image.dtype), grid) if factor > 1 else mask.to(image.dtype)
+    small = (F.adaptive_avg_pool2d(image * mask, grid) / weights.clamp_min(1e-6)) if factor > 1 else image
+    small_sigma = sigma / factor
+    log_small = torch.log(small.clamp_min(RETINEX_EPS))
+    surround = gaussian_blur(small, small_sigma, weights)
+    for _ in range(iterations):
+        deviation = log_small - torch.log(surround.clamp_min(RETINEX_EPS))
+        agreement = torch.exp(deviation.square().sum(dim=1, keepdim=True) / (-2 * tau * tau)) * weights
+        refined = gaussian_blur(small, small_sigma, agreement)
+        surround = torch.where(refined > 0, refined, surround)
+    if factor > 1:
+        surround = F.interpolate(surround, size=(height, width), mode="bilinear", align_corners=False)
+    return surround
+
+
 def multi_scale_retinex(
-    image: torch.Tensor, mask: torch.Tensor | None, scales: list[float] | tuple[float, ...]
+    image: torch.Tensor, mask: torch.Tensor | None, scales: list[float] | tuple[float, ...],
+    robust_tau: float = 0.0, robust_iterations: int = 0,
 ) -> torch.Tensor:
     """Mean over ``scales`` (Gaussian sigmas, pixels) of ``log(I + eps) - log(surround_sigma(I) + eps)``.
 
     ``image``: ``B x 3 x H x W`` in [0, 1]; ``mask``: ``B x 1 x H x W`` or None (the plain, unmasked Retinex, whose
-    surround includes the black background). Returns the log-domain response (unbounded), same shape.
+    surround includes the black background). With ``robust_iterations > 0`` (and a mask) each surround is
+    :func:`robust_surround` with ``robust_tau``. Returns the log-domain response (unbounded), same shape.
     """
     log_image = torch.log(image + RETINEX_EPS)
     response = torch.zeros_like(image)
     for sigma in scales:
-        surround = gaussian_blur(image, sigma, mask)
+        if robust_iterations > 0 and mask is not None:
+            surround = robust_surround(image, mask, sigma, robust_tau, robust_iterations)
+        else:
+            surround = gaussian_blur(image, sigma, mask)
         response += log_image - torch.log(surround + RETINEX_EPS)
     return response / len(scales)
 
 
 def retinex_albedo(
     image: torch.Tensor, mask: torch.Tensor, scales: list[float] | tuple[float, ...], color_balance_percent: float,
-    color: str = "luminance",
+    color: str = "luminance", robust_tau: float = 0.0, robust_iterations: int = 0,
 ) -> torch.Tensor:
     """Mask-aware multi-scale Retinex albedo. ``B x 3 x H x W`` in [0, 1] -> albedo in [0, 1], zero outside the mask.
 
@@ -72,13 +111,14 @@ def retinex_albedo(
     luminance, rescales it so its median over the mask equals the input's (each person keeps their overall skin
     tone; only the spatial variation of the light is removed), and applies that per-pixel gain to R, G and B
     alike, so hue and saturation are kept. ``color_balance_percent`` is used by ``channels`` only.
+    ``robust_tau`` / ``robust_iterations``: the luminance surround rejects other materials (:func:`robust_surround`).
     """
     if color == "channels":
         return stretch_to_unit(multi_scale_retinex(image, mask, scales), mask, color_balance_percent) * mask
     if color != "luminance":
         raise ValueError(f"unknown Retinex colour mode {color!r} (valid: luminance, channels)")
     intensity = luminance(image)
-    reflectance = torch.exp(multi_scale_retinex(intensity, mask, scales))
+    reflectance = torch.exp(multi_scale_retinex(intensity, mask, scales, robust_tau, robust_iterations))
     median = torch.tensor([0.5], device=image.device, dtype=image.dtype)
     level = masked_quantiles(intensity, mask, median) / masked_quantiles(reflectance, mask, median).clamp_min(1e-6)
     target = reflectance * level[..., None]

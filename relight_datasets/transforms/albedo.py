@@ -28,7 +28,7 @@ class AlbedoStage(Stage):
         scale = self.scale(*image.shape[-2:])
         if cfg.method == "retinex":
             albedo = retinex_albedo(image, mask, [s * scale for s in cfg.retinex_scales], cfg.color_balance_percent,
-                                    cfg.retinex_color)
+                                    cfg.retinex_color, cfg.robust_tau, cfg.robust_iterations)
         else:
             albedo = lab_albedo(image, mask, cfg.bilateral_diameter, cfg.bilateral_sigma_color,
                                 cfg.bilateral_sigma_space * scale, cfg.color_balance_percent)
