@@ -183,6 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
 
+def console_main() -> None:
+    """Entry point of ``relight-build`` and ``scripts/build.py``: :func:`main`, then exit with its code. After an
+    interrupt (the work in progress is saved by then) the process ends with ``os._exit`` once the streams are
+    flushed: Python's own teardown puts the default SIGINT handler back, so a second Ctrl-C landing there would kill
+    the process by the signal instead of exiting with 130."""
+    code = main()
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _load_config(args: argparse.Namespace):
     try:
         return load_config(args.preset, args.config, [*args.overrides, *_flag_overrides(args)])

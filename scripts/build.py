@@ -1,9 +1,7 @@
 #!/usr/bin/env python
 """Build a relighting-pairs dataset; see ``python scripts/build.py --help``."""
 
-import sys
-
-from relight_datasets.cli import main
+from relight_datasets.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

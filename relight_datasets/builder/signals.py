@@ -58,5 +58,7 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.signum is not None:
+            return  # stopping: a further signal while the command winds down still ends it at once
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
