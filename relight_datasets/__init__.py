@@ -7,14 +7,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "relight"]
+__all__ = ["__version__", "regenerate_pairs", "relight"]
 
 
 def __getattr__(name: str):
-    """``relight_datasets.relight`` is imported on first use: ``import relight_datasets`` (and the command line's
-    start-up) stays free of torch and datasets."""
-    if name == "relight":
-        from .api import relight
+    """``relight_datasets.relight`` and ``regenerate_pairs`` are imported on first use: ``import relight_datasets``
+    (and the command line's start-up) stays free of torch and datasets."""
+    if name in ("relight", "regenerate_pairs"):
+        from . import api
 
-        return relight
+        return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

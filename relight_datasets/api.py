@@ -25,7 +25,7 @@ from datasets import Image as ImageFeature
 from PIL import Image, ImageOps
 
 from . import __version__
-from .builder.features import FEATURES
+from .builder.features import FEATURES, REGENERATED_COLUMNS
 from .builder.pipeline import RelightPipeline, run_isolating_failures
 from .builder.sources import SOURCE_FEATURES
 from .cli import as_overrides
@@ -274,4 +274,50 @@ def relight(
             desc="Relighting",
         )
     pairs, skipped = _split_skipped(mapped)
+    if build_config.output.layout == "compact":
+        pairs = pairs.remove_columns(list(REGENERATED_COLUMNS))
     return (pairs, skipped) if return_skipped else pairs
+
+
+def _unit_to_pil(image: torch.Tensor) -> Image.Image:
+    """``3 x H x W`` float on the 8-bit grid -> the RGB PIL image it was made from."""
+    return Image.fromarray(image.mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+
+
+class RegeneratedPairs:
+    """``Dataset.map`` function of :func:`regenerate_pairs` (picklable: a class, not a closure): a batch of decoded
+    rows (all of one build seed) -> its ``degraded`` and ``composite`` as RGB PIL images."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        from .transforms import RelightOnTheFly
+
+        seeds = set(batch["seed"])
+        if len(seeds) != 1:
+            raise ValueError(f"regenerate_pairs: rows of several builds (seeds {sorted(seeds)}) in one batch")
+        relit = RelightOnTheFly(self.config, seed=seeds.pop())(batch)
+        return {name: [_unit_to_pil(image) for image in relit[name]] for name in REGENERATED_COLUMNS}
+
+
+def regenerate_pairs(dataset: Dataset, config=None, *, batch_size: int = 16, num_proc: int | None = None) -> Dataset:
+    """The rows of a ``compact`` build (``--layout compact``) with ``degraded`` and ``composite`` put back, in the
+    column order of a ``full`` build: bit for bit what the full build stores, for PNG builds.
+
+    ``config``: the build's config (the card's ``relight_datasets.config`` dict, a ``BuildConfig`` or a preset name;
+    None = the ``mvp`` preset); each row's ``seed`` column gives the build seed. The light of each row is redrawn
+    from ``(seed, image_id)`` at epoch 0 by :class:`~relight_datasets.transforms.RelightOnTheFly` (the build's own
+    relighting function), from the stored ``albedo``, ``normals``, ``mask`` and ``input``. A full build's rows
+    come back with the two columns recomputed (equal to the stored ones)."""
+    needed = ("image_id", "seed", "input", "mask", "albedo", "normals")
+    missing = [name for name in needed if name not in dataset.features]
+    if missing:
+        raise ValueError(f"regenerate_pairs: the dataset lacks {', '.join(missing)} (not a relight-datasets build?)")
+    if any(name in dataset.features for name in REGENERATED_COLUMNS):
+        dataset = dataset.remove_columns([name for name in REGENERATED_COLUMNS if name in dataset.features])
+    features = Features({**dataset.features, **{name: ImageFeature() for name in REGENERATED_COLUMNS}})
+    regenerated = dataset.map(RegeneratedPairs(config), batched=True, batch_size=batch_size, num_proc=num_proc,
+                              features=features, desc="Regenerating degraded / composite")
+    order = [name for name in FEATURES if name in regenerated.features]
+    return regenerated.select_columns(order + [name for name in regenerated.column_names if name not in order])

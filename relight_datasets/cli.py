@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(config: output.png_codec; output.png_compress_level sets the zlib level)")
     parser.add_argument("--image-quality", type=int, default=None,
                         help="webp/jpeg quality 1-100 (config: output.image_quality, default 95)")
+    parser.add_argument("--layout", choices=("full", "compact"), default=None,
+                        help="full stores every image column; compact leaves out degraded and composite (about half "
+                        "the bytes), which relight_datasets.regenerate_pairs remakes bit for bit (config: "
+                        "output.layout, default full)")
     parser.add_argument("--max-shard-size", default="500MB", help="target Parquet shard size (default %(default)s)")
     parser.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
                         help="upload the finished dataset to this Hub dataset repo and tag it with the dataset version")
@@ -126,7 +130,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     """Dedicated flags become config overrides (applied after --set, so the flag wins)."""
     return as_overrides({"seed": args.seed, "resolution": args.resolution, **model_overrides(args),
                          "recombination.background": args.background, "output.image_format": args.image_format,
-                         "output.png_codec": args.png_codec, "output.image_quality": args.image_quality})
+                         "output.png_codec": args.png_codec, "output.image_quality": args.image_quality,
+                         "output.layout": args.layout})
 
 
 def _fail(message: str) -> int:

@@ -145,6 +145,7 @@ class OutputConfig:
     png_compress_level: int = 1
     image_format: Literal["png", "webp", "jpeg"] = "png"
     image_quality: int = 95
+    layout: Literal["full", "compact"] = "full"  # compact: no degraded / composite (regenerate_pairs remakes them)
 
 
 @dataclass

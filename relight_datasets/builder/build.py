@@ -216,10 +216,11 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     shards = write_shards([chunk_paths(work, i)[0] for i in range(chunks)], staging / "data", options.splits,
-                          options.max_shard_bytes)
+                          options.max_shard_bytes, config.output.layout)
+    stored_bytes = sum((staging / "data" / name).stat().st_size for name in shards)
     write_seconds = time.perf_counter() - write_started
     first_split = next(name for name, count in report["splits"].items() if count)
-    write_preview(staging, first_split, config.output.preview_rows)
+    write_preview(staging, first_split, config.output.preview_rows, config)
     wall = time.perf_counter() - started
     report.update(
         timings={"model_load": round(processor.setup_seconds, 3),
@@ -227,6 +228,8 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
         wall_seconds=round(wall, 3),
         images_per_second=round(processed_now / wall, 3) if wall > 0 else None,
         shards=[f"data/{name}" for name in shards],
+        layout=config.output.layout,
+        bytes_per_row=round(stored_bytes / report["processed"]),
     )
     build_card(config, report).save(staging / "README.md")
     write_json(staging / REPORT, report)

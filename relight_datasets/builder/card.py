@@ -6,7 +6,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from .. import __version__
 from ..config import BuildConfig
-from .features import COLUMN_DESCRIPTIONS, FEATURES
+from .features import COLUMN_DESCRIPTIONS, features_for
 
 
 def size_category(rows: int) -> str:
@@ -33,6 +33,22 @@ def describe_model(info: dict) -> str:
     return text
 
 
+COMPACT_USE = """
+This is a **compact** build: `degraded` and `composite` are not stored (they are half of a row's bytes). They are
+a function of the stored columns and the build's config and seed, and come back bit for bit:
+
+```python
+import relight_datasets
+from huggingface_hub import DatasetCard
+
+config = DatasetCard.load("PATH_OR_REPO_ID").data.to_dict()["relight_datasets"]["config"]
+pairs = relight_datasets.regenerate_pairs(ds, config)   # adds degraded and composite, as a full build stores them
+```
+
+For training, `relight_datasets.transforms.RelightOnTheFly` draws a new light per epoch from the same columns.
+"""
+
+
 def build_card(config: BuildConfig, report: dict) -> DatasetCard:
     """A ``DatasetCard`` whose YAML carries features, splits, version, package version, config and fingerprint.
 
@@ -40,6 +56,7 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
     default layout, and keys its local cache on the files themselves. (With ``data_files`` in the YAML, two folders
     with identical cards would share one cache entry and ``load_dataset`` could return another build's rows.)
     """
+    stored = features_for(config.output.layout)
     splits = [{"name": name, "num_examples": count, "num_bytes": report["split_bytes"][name]}
               for name, count in report["splits"].items() if count]
     data = DatasetCardData(
@@ -48,7 +65,7 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
         tags=["relighting", "portrait", "intrinsic-images", "relight-datasets"],
         size_categories=size_category(report["processed"]),
         pretty_name="Relighting pairs",
-        dataset_info={"features": FEATURES._to_yaml_list(), "splits": splits},
+        dataset_info={"features": stored._to_yaml_list(), "splits": splits},
         version=config.output.dataset_version,
         relight_datasets={
             "package_version": __version__,
@@ -58,7 +75,8 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
             "config": config.to_dict(),
         },
     )
-    columns = "\n".join(f"| `{name}` | {COLUMN_DESCRIPTIONS[name]} |" for name in FEATURES)
+    columns = "\n".join(f"| `{name}` | {COLUMN_DESCRIPTIONS[name]} |" for name in stored)
+    layout_text = "" if config.output.layout == "full" else COMPACT_USE
     splits_text = ", ".join(f"{name}: {count}" for name, count in report["splits"].items() if count)
     if report["empty_splits"]:
         splits_text += f"; no rows fell into {', '.join(report['empty_splits'])}, so there is no such split"
@@ -95,7 +113,7 @@ Skipped inputs, by reason:
 from datasets import load_dataset
 ds = load_dataset("PATH_OR_REPO_ID", split="train")
 ```
-
+{layout_text}
 ![preview](preview.png)
 """
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -27,7 +27,20 @@ FEATURES = Features(
         "seed": Value("int64"),
     }
 )
-"""Columns of every row. ``degradation_params`` is a JSON object (its keys depend on the degradation type)."""
+"""Columns of every row of a ``full`` build. ``degradation_params`` is a JSON object (its keys depend on the
+degradation type)."""
+
+LAYOUTS = ("full", "compact")
+REGENERATED_COLUMNS = ("degraded", "composite")
+"""What a ``compact`` build leaves out: :func:`relight_datasets.regenerate_pairs` remakes them bit for bit."""
+
+
+def features_for(layout: str) -> Features:
+    """The stored columns of a build with ``output.layout`` = ``layout`` (``full`` or ``compact``)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r} (valid: {', '.join(LAYOUTS)})")
+    dropped = REGENERATED_COLUMNS if layout == "compact" else ()
+    return Features({name: feature for name, feature in FEATURES.items() if name not in dropped})
 
 COLUMN_DESCRIPTIONS = {
     "image_id": "stable id of the source image (path relative to the source folder, or split/row index)",

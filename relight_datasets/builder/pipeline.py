@@ -29,7 +29,7 @@ from ..transforms.base import (
     skip_reasons,
 )
 from ..transforms.load import ImageSkip
-from .features import FEATURES, IMAGE_COLUMNS
+from .features import FEATURES, IMAGE_COLUMNS, REGENERATED_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ PROCESSING_ERROR = "processing_error"
 """Skip reason of a row on which a stage raised."""
 LOSSLESS_COLUMNS = ("mask", "normals")
 """Always PNG: they are data (a mask, a vector field), not photographs."""
+
+
+COMPACT_NORMALS_LEVEL = 3
+"""zlib level of a compact build's normals (at 512 px: 110 kB against fpng's 141 kB, 16 ms against 2 ms)."""
 
 
 @cache
@@ -89,6 +93,13 @@ class RelightPipeline:
         self.encoder = ThreadPool(encode_threads)
         self.encode_seconds = 0.0
 
+    @property
+    def stored_images(self) -> tuple[str, ...]:
+        """The image columns this build stores (a ``compact`` layout leaves out :data:`REGENERATED_COLUMNS`, which
+        are then neither copied back nor encoded)."""
+        dropped = REGENERATED_COLUMNS if self.config.output.layout == "compact" else ()
+        return tuple(name for name in IMAGE_COLUMNS if name not in dropped)
+
     def prepare(self, rank: int | None = None) -> None:
         """Load every stage's models now (once per process and device), so a model that cannot load fails before
         any row is processed."""
@@ -106,12 +117,18 @@ class RelightPipeline:
 
     def _encode(self, columns: dict[str, list]) -> dict[str, list]:
         """Every image of every column encoded on the thread pool (zlib and the lossy codecs release the GIL): masks
-        and normals as PNG, photo columns in ``output.image_format``."""
+        and normals as PNG, photo columns in ``output.image_format``. A ``compact`` build writes the normals with
+        zlib at level :data:`COMPACT_NORMALS_LEVEL` or more, whatever ``output.png_codec``: smooth images that zlib
+        stores in about a quarter fewer bytes than fpng, for a few milliseconds more per image."""
         out = self.config.output
         lossless = partial(encode_image, compress_level=out.png_compress_level, png_codec=out.png_codec)
         photo = partial(lossless, image_format=out.image_format, quality=out.image_quality)
+        encoders = {name: lossless if name in LOSSLESS_COLUMNS else photo for name in columns}
+        if out.layout == "compact" and "normals" in encoders:
+            encoders["normals"] = partial(encode_image, png_codec="zlib",
+                                          compress_level=max(COMPACT_NORMALS_LEVEL, out.png_compress_level))
         names = list(columns)
-        jobs = [(lossless if name in LOSSLESS_COLUMNS else photo, array) for name in names for array in columns[name]]
+        jobs = [(encoders[name], array) for name in names for array in columns[name]]
         encoded = iter(self.encoder.map(lambda job: job[0](job[1]), jobs))
         return {name: [next(encoded) for _ in columns[name]] for name in names}
 
@@ -164,7 +181,7 @@ class RelightPipeline:
                 started = time.perf_counter()
                 # the inputs are on the host already; every other image column comes back once, as uint8
                 stored = {name: group.host_input if name == "input" else download_images(group.images[name])
-                          for name in IMAGE_COLUMNS}
+                          for name in self.stored_images}
                 encoded = self._encode(stored)
                 for column, values in [*encoded.items(), *group.values.items()]:
                     if column in rows:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from .features import FEATURES
+from .features import FEATURES, REGENERATED_COLUMNS
 
 PREVIEW_COLUMNS = ("input", "mask", "albedo", "degraded", "composite")
 
@@ -30,15 +30,27 @@ def contact_sheet(rows: list[dict], tile: int = 192, columns: tuple[str, ...] = 
     return sheet
 
 
-def write_preview(folder: Path, split: str, count: int) -> None:
+def write_preview(folder: Path, split: str, count: int, config=None) -> None:
     """``folder/preview.png``: the contact sheet of the first ``count`` rows of ``split`` (its shards in
-    ``folder/data``); nothing when ``count`` is 0 or the split has no rows."""
+    ``folder/data``); nothing when ``count`` is 0 or the split has no rows. The rows of a ``compact`` build have
+    their ``degraded`` and ``composite`` regenerated for the sheet (``config``: the build's)."""
     if count == 0:
         return
     shards = sorted((folder / "data").glob(f"{split}-*.parquet"))
-    batches = (batch for path in shards
-               for batch in pq.ParquetFile(path).iter_batches(batch_size=count, columns=list(PREVIEW_COLUMNS)))
+    if not shards:
+        return
+    stored = set(pq.ParquetFile(shards[0]).schema_arrow.names)
+    regenerate = [name for name in REGENERATED_COLUMNS if name not in stored]
+    columns = [name for name in FEATURES if name in stored and (name in PREVIEW_COLUMNS or regenerate)]
+    batches = (batch for path in shards for batch in pq.ParquetFile(path).iter_batches(batch_size=count,
+                                                                                       columns=columns))
     rows = list(islice((row for batch in batches for row in batch.to_pylist()), count))
-    if rows:
-        decoded = [{name: FEATURES[name].decode_example(row[name]) for name in PREVIEW_COLUMNS} for row in rows]
-        contact_sheet(decoded).save(folder / "preview.png", compress_level=1)
+    if not rows:
+        return
+    decoded = {name: FEATURES.decode_column([row[name] for row in rows], name) for name in columns}
+    if regenerate:
+        from ..api import RegeneratedPairs
+
+        decoded.update(RegeneratedPairs(config)(decoded))
+    contact_sheet([{name: decoded[name][index] for name in PREVIEW_COLUMNS} for index in range(len(rows))]).save(
+        folder / "preview.png", compress_level=1)

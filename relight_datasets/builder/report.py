@@ -71,5 +71,6 @@ def summary(report: dict, out: Path) -> str:
     resumed = f", {report['resumed_rows']} resumed from an earlier run" if report["resumed_rows"] else ""
     return (f"relight-build: {report['processed']} of {report['attempted']} images processed ({skip_text(report)}; "
             f"splits: {splits}{empty}{resumed}) in {report['wall_seconds']:.1f} s, "
-            f"{report['images_per_second']:.2f} images/s on {report['device']}\n"
+            f"{report['images_per_second']:.2f} images/s on {report['device']}; "
+            f"{report['bytes_per_row'] / 1e3:.0f} kB per row ({report['layout']} layout)\n"
             f"relight-build: dataset written to {out.resolve()} (load it with datasets.load_dataset({str(out)!r}))")

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..transforms.base import SKIP_COLUMN
-from .features import FEATURES
+from .features import features_for
 
 ROW_GROUP_ROWS = 32
 
@@ -23,9 +23,9 @@ class SplitShards:
     """Writes one split's rows into shards of at most about ``max_bytes`` (row groups of ``ROW_GROUP_ROWS``), under
     temporary names; :meth:`finish` renames them ``<split>-NNNNN-of-NNNNN.parquet`` once their number is known."""
 
-    def __init__(self, name: str, data_dir: Path, max_bytes: int):
+    def __init__(self, name: str, data_dir: Path, max_bytes: int, schema: pa.Schema):
         self.name, self.data_dir, self.max_bytes = name, data_dir, max_bytes
-        self.schema = FEATURES.arrow_schema
+        self.schema = schema
         self.paths: list[Path] = []
         self.writer: pq.ParquetWriter | None = None
         self.written = 0
@@ -66,13 +66,15 @@ class SplitShards:
         return names
 
 
-def write_shards(chunk_files: list[Path], data_dir: Path, splits: dict[str, float], max_bytes: int) -> list[str]:
-    """Stream the kept rows of the chunk files, in order, into each split's shards; returns the shard names.
-    Memory: one row group at a time. Rows are copied (filtered) only when some were skipped or there are several
-    splits."""
+def write_shards(chunk_files: list[Path], data_dir: Path, splits: dict[str, float], max_bytes: int,
+                 layout: str = "full") -> list[str]:
+    """Stream the kept rows of the chunk files, in order, into each split's shards, with the columns of ``layout``
+    (:func:`~relight_datasets.builder.features.features_for`); returns the shard names. Memory: one row group at a
+    time. Rows are copied (filtered) only when some were skipped or there are several splits."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    shards = {name: SplitShards(name, data_dir, max_bytes) for name in splits}
-    columns = FEATURES.arrow_schema.names
+    schema = features_for(layout).arrow_schema
+    shards = {name: SplitShards(name, data_dir, max_bytes, schema) for name in splits}
+    columns = schema.names
     for path in chunk_files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS):
             table = pa.Table.from_batches([batch])
