@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the bytes), which relight_datasets.regenerate_pairs remakes bit for bit (config: "
                         "output.layout, default full)")
     parser.add_argument("--max-shard-size", default="500MB", help="target Parquet shard size (default %(default)s)")
+    parser.add_argument("--min-shards", type=int, default=8, metavar="N",
+                        help="at least N shards per split (fewer only for fewer rows), so that every DataLoader "
+                        "worker of a streaming reader has shards to read (default %(default)s)")
     parser.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
                         help="upload the finished dataset to this Hub dataset repo and tag it with the dataset version")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
@@ -217,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(f"--chunk-size must be at least 1, got {args.chunk_size}")
     if not 0 <= args.max_error_rate <= 1:
         return _fail(f"--max-error-rate must be between 0 and 1, got {args.max_error_rate}")
+    if args.min_shards < 1:
+        return _fail(f"--min-shards must be at least 1, got {args.min_shards}")
     from .builder.splits import parse_splits
 
     config = _load_config(args)
@@ -254,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
     options = BuildOptions(source=args.source, out=args.out, limit=args.limit, batch_size=args.batch_size,
                            device=args.device, overwrite=args.overwrite, progress=not args.quiet,
                            chunk_size=args.chunk_size, splits=splits, max_shard_bytes=max_shard_bytes,
-                           num_processes=processes, max_error_rate=args.max_error_rate)
+                           num_processes=processes, max_error_rate=args.max_error_rate, min_shards=args.min_shards)
     report = build_dataset(options, config)
     if report is None:  # a non-main process of a multi-process launch: the main process reports
         return 0

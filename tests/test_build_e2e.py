@@ -57,7 +57,8 @@ def test_cli_prints_a_summary(built):
 def test_output_folder_layout(built):
     out, _ = built
     assert (out / "README.md").is_file() and (out / "preview.png").is_file() and (out / "build_report.json").is_file()
-    assert [p.name for p in (out / "data").iterdir()] == ["train-00000-of-00001.parquet"]
+    # 6 rows, at least 8 shards asked for by default: one row per shard, so 6 DataLoader workers could stream them
+    assert sorted(p.name for p in (out / "data").iterdir()) == [f"train-{i:05d}-of-00006.parquet" for i in range(6)]
     assert not (out / ".work").exists()
     preview = Image.open(out / "preview.png")
     assert preview.width == 5 * 192 and preview.height >= 6 * 192

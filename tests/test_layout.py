@@ -32,8 +32,9 @@ def build(faces_dir: Path, out: Path, *flags: str) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory, faces_dir) -> dict[str, tuple[Path, str]]:
     root = tmp_path_factory.mktemp("layouts")
-    full = build(faces_dir, root / "full")
-    compact = build(faces_dir, root / "compact", "--layout", "compact")
+    # one shard each: the comparison is of the rows' bytes, not of each Parquet file's fixed overhead (about 13 kB)
+    full = build(faces_dir, root / "full", "--min-shards", "1")
+    compact = build(faces_dir, root / "compact", "--layout", "compact", "--min-shards", "1")
     return {"full": (root / "full", full.stdout), "compact": (root / "compact", compact.stdout)}
 
 
@@ -83,3 +84,27 @@ def test_the_python_api_returns_compact_rows_too(face_paths):
                                      overrides={"output.layout": "compact"}, load_from_cache_file=False)
     assert not set(REGENERATED_COLUMNS) & set(pairs.column_names) and len(pairs) == 2
     assert set(relight_datasets.regenerate_pairs(pairs).column_names) >= set(REGENERATED_COLUMNS)
+
+
+def _worker_id(row: dict) -> dict:
+    """The DataLoader worker that read ``row`` (module level: the workers import it)."""
+    from torch.utils.data import get_worker_info
+
+    return {"worker": get_worker_info().id}
+
+
+def test_every_dataloader_worker_of_a_streaming_reader_gets_shards(tmp_path, faces_dir):
+    from torch.utils.data import DataLoader
+
+    out = tmp_path / "streamed"
+    build(faces_dir, out, "--resolution", "96")  # the default --min-shards 8
+    report = json.loads((out / "build_report.json").read_text())
+    assert [shard["rows"] for shard in report["shards"]] == [1, 1, 1, 1]  # 4 rows, min 8 shards: one row each
+    assert sum(shard["bytes"] for shard in report["shards"]) == sum(p.stat().st_size for p in (out / "data").iterdir())
+    streamed = load_dataset(str(out), split="train", streaming=True)
+    assert streamed.n_shards == 4
+    readers = streamed.select_columns(["image_id"]).map(_worker_id)
+    loader = DataLoader(readers, batch_size=None, num_workers=2)
+    seen = [(row["image_id"], row["worker"]) for row in loader]
+    assert sorted(image_id for image_id, _ in seen) == sorted(load_dataset(str(out), split="train")["image_id"])
+    assert {worker for _, worker in seen} == {0, 1}

@@ -86,6 +86,9 @@ class BuildOptions:
     chunk_size: int = 256
     splits: dict[str, float] = field(default_factory=lambda: {"train": 1.0})
     max_shard_bytes: int = 500 * 1024 * 1024
+    min_shards: int = 8
+    """Shards per split at least (fewer only when the split has fewer rows), so every DataLoader worker of a
+    streaming reader gets some."""
     num_processes: int = 1
     max_error_rate: float = 0.01
     """Largest share of attempted rows that may fail with ``processing_error`` before the build fails."""
@@ -215,9 +218,9 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
     staging = work / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    shards = write_shards([chunk_paths(work, i)[0] for i in range(chunks)], staging / "data", options.splits,
-                          options.max_shard_bytes, config.output.layout)
-    stored_bytes = sum((staging / "data" / name).stat().st_size for name in shards)
+    shards = write_shards([chunk_paths(work, i)[0] for i in range(chunks)], staging / "data", report["splits"],
+                          options.max_shard_bytes, config.output.layout, options.min_shards)
+    stored_bytes = sum(shard["bytes"] for shard in shards)
     write_seconds = time.perf_counter() - write_started
     first_split = next(name for name, count in report["splits"].items() if count)
     write_preview(staging, first_split, config.output.preview_rows, config)
@@ -227,7 +230,7 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
                  **{k: round(v, 3) for k, v in merged["timings"].items()}, "write": round(write_seconds, 3)},
         wall_seconds=round(wall, 3),
         images_per_second=round(processed_now / wall, 3) if wall > 0 else None,
-        shards=[f"data/{name}" for name in shards],
+        shards=[{**shard, "name": f"data/{shard['name']}"} for shard in shards],
         layout=config.output.layout,
         bytes_per_row=round(stored_bytes / report["processed"]),
     )
