@@ -12,6 +12,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from . import __version__
 from .config import PRESETS, ConfigError, load_config
 from .transforms.normals import NORMAL_ESTIMATORS
 from .transforms.segmentation import SEGMENTERS
@@ -58,63 +59,79 @@ def as_overrides(pairs: dict[str, object]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in pairs.items() if value is not None]
 
 
+EXAMPLES = """examples:
+  relight-build --source folder:./portraits --limit 8 --resolution 512        offline, the shipped models
+  relight-build --source ffhq --limit 12000 --push-to-hub ORG/relight-pairs   real models on GPUs, uploaded
+  relight-build --source folder:./portraits --layout compact --min-shards 32  half the bytes, 32 shards
+  relight-build --source csv:list.csv --segmenter classical --normals classical   weight-free, fastest
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relight-build",
         description="Turn portrait photos into a Hugging Face dataset of relighting pairs "
         "(input / mask / albedo / degraded / composite / normals).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--source", required=True,
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    source = parser.add_argument_group("source and output")
+    source.add_argument("--source", required=True,
                         help="folder:PATH, csv:PATH (column image_path), hf:REPO_ID[:SPLIT], ffhq, or a directory")
-    parser.add_argument("--limit", type=int, default=None, help="process at most this many images")
-    parser.add_argument("--out", type=Path, default=Path("./relight-pairs"), help="output folder (default %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
-    parser.add_argument("--preset", choices=PRESETS, default="mvp", help="config preset (default %(default)s)")
-    parser.add_argument("--config", type=Path, default=None, help="YAML file merged over the preset")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set degradation.soft_shading.ambient=[0.5,0.8] "
-                        "(repeatable)")
-    parser.add_argument("--seed", type=int, default=None, help="global random seed (config: seed)")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="long side of the images, in pixels (config: resolution, default 1024)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    parser.add_argument("--num-processes", type=int, default=None,
-                        help="worker processes, one per GPU (default: every visible GPU when --device is auto or "
-                        "cuda, else 1); not with accelerate launch, which starts its own")
-    add_model_arguments(parser)
-    parser.add_argument("--background", choices=("original", "gray", "black"), default=None,
-                        help="background behind the relit person (config: recombination.background)")
-    parser.add_argument("--splits", default="train=1",
+    source.add_argument("--limit", type=int, default=None, help="process at most this many images")
+    source.add_argument("--out", type=Path, default=Path("./relight-pairs"), help="output folder (default %(default)s)")
+    source.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    source.add_argument("--splits", default="train=1",
                         help="split fractions by a stable hash of image_id, e.g. train=0.9,validation=0.05,test=0.05 "
                         "(default: all train)")
-    parser.add_argument("--chunk-size", type=int, default=256,
+    recipe = parser.add_argument_group("what the pipeline does")
+    recipe.add_argument("--preset", choices=PRESETS, default="mvp", help="config preset (default %(default)s)")
+    recipe.add_argument("--config", type=Path, default=None, help="YAML file merged over the preset")
+    recipe.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set degradation.soft_shading.ambient=[0.5,0.8] "
+                        "(repeatable)")
+    recipe.add_argument("--seed", type=int, default=None, help="global random seed (config: seed)")
+    recipe.add_argument("--resolution", type=int, default=None,
+                        help="long side of the images, in pixels (config: resolution, default 1024)")
+    recipe.add_argument("--background", choices=("original", "gray", "black"), default=None,
+                        help="background behind the relit person (config: recombination.background)")
+    add_model_arguments(parser.add_argument_group("models (each stage: what runs, what it falls back to)"))
+    engine = parser.add_argument_group("performance")
+    engine.add_argument("--batch-size", type=int, default=8, help="images per batch (default %(default)s)")
+    engine.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    engine.add_argument("--num-processes", type=int, default=None,
+                        help="worker processes, one per GPU (default: every visible GPU when --device is auto or "
+                        "cuda, else 1); not with accelerate launch, which starts its own")
+    engine.add_argument("--chunk-size", type=int, default=256,
                         help="rows per resumable unit of work (default %(default)s)")
-    parser.add_argument("--image-format", choices=("png", "webp", "jpeg"), default=None,
+    stored = parser.add_argument_group("stored files")
+    stored.add_argument("--image-format", choices=("png", "webp", "jpeg"), default=None,
                         help="encoding of the photo columns; mask and normals stay PNG (config: output.image_format)")
-    parser.add_argument("--png-codec", choices=("fpng", "zlib"), default=None,
+    stored.add_argument("--png-codec", choices=("fpng", "zlib"), default=None,
                         help="PNG writer: fpng (default; about 10x faster, files about 17%% larger) or zlib "
                         "(config: output.png_codec; output.png_compress_level sets the zlib level)")
-    parser.add_argument("--image-quality", type=int, default=None,
+    stored.add_argument("--image-quality", type=int, default=None,
                         help="webp/jpeg quality 1-100 (config: output.image_quality, default 95)")
-    parser.add_argument("--layout", choices=("full", "compact"), default=None,
+    stored.add_argument("--layout", choices=("full", "compact"), default=None,
                         help="full stores every image column; compact leaves out degraded and composite (about half "
                         "the bytes), which relight_datasets.regenerate_pairs remakes bit for bit (config: "
                         "output.layout, default full)")
-    parser.add_argument("--max-shard-size", default="500MB", help="target Parquet shard size (default %(default)s)")
-    parser.add_argument("--min-shards", type=int, default=8, metavar="N",
+    stored.add_argument("--max-shard-size", default="500MB", help="target Parquet shard size (default %(default)s)")
+    stored.add_argument("--min-shards", type=int, default=8, metavar="N",
                         help="at least N shards per split (fewer only for fewer rows), so that every DataLoader "
                         "worker of a streaming reader has shards to read (default %(default)s)")
-    parser.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
+    remote = parser.add_argument_group("Hugging Face Hub")
+    remote.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
                         help="upload the finished dataset to this Hub dataset repo and tag it with the dataset version")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    parser.add_argument("--revision", default=None, help="Hub branch to push to (created if missing)")
-    parser.add_argument("--force-push", action="store_true", help="push even if the dataset version is already tagged")
-    parser.add_argument("--max-error-rate", type=float, default=0.01, metavar="FRACTION",
+    remote.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    remote.add_argument("--revision", default=None, help="Hub branch to push to (created if missing)")
+    remote.add_argument("--force-push", action="store_true", help="push even if the dataset version is already tagged")
+    notify = parser.add_argument_group("failures and messages")
+    notify.add_argument("--max-error-rate", type=float, default=0.01, metavar="FRACTION",
                         help="fail (exit 1, nothing published) when more than this share of the attempted images "
                         "fail with processing_error (default %(default)s)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its line")
+    notify.add_argument("--quiet", action="store_true", help="no progress bar")
+    notify.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its line")
     return parser
 
 

@@ -17,6 +17,7 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 from PIL import Image
 
+import relight_datasets
 from relight_datasets.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,32 @@ def test_cli_prints_a_summary(built):
     _, result = built
     assert "6 of 6 images processed" in result.stdout
     assert "images/s" in result.stdout and "load_dataset" in result.stdout
+    assert f"images {RESOLUTION}x{RESOLUTION}" in result.stdout and "kB per row (full layout)" in result.stdout
+
+
+def test_version_and_help_grouped_by_topic_with_examples():
+    version = subprocess.run([sys.executable, str(REPO / "scripts" / "build.py"), "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"relight-build {relight_datasets.__version__}"
+    shown = subprocess.run([sys.executable, str(REPO / "scripts" / "build.py"), "--help"],
+                           capture_output=True, text=True, timeout=60).stdout
+    for topic in ("source and output:", "what the pipeline does:", "models (", "performance:", "stored files:",
+                  "Hugging Face Hub:", "failures and messages:", "examples:"):
+        assert topic in shown
+    assert shown.index("\n  --layout") > shown.index("stored files:") > shown.index("\n  --batch-size")
+
+
+def test_inputs_smaller_than_the_resolution_are_named_and_their_real_size_recorded(tmp_path, faces_dir):
+    out = tmp_path / "small"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build.py"), "--source", f"folder:{faces_dir}", "--limit", "1",
+         "--out", str(out), "--resolution", "1024", "--segmenter", "classical", "--normals", "classical", "--quiet"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "smaller than --resolution 1024" in result.stderr and "images 512x512" in result.stdout
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["image_sizes"]["long_side"] == {"min": 512, "median": 512, "max": 512}
+    assert "images 512x512 (resolution setting: long side at most 1024 px)" in (out / "README.md").read_text()
 
 
 def test_output_folder_layout(built):

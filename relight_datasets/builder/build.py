@@ -24,6 +24,7 @@ the result is row for row that of an uninterrupted build. Output folder::
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ from .workdir import (
     start_work,
     write_json,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BuildFailed", "BuildOptions", "OutputError", "WorkerFailed", "build_dataset"]
 
@@ -209,6 +212,10 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
         "batch_threads": processor.batch_threads,
         "batch_size": options.batch_size,
     }
+    long_side = report["image_sizes"].get("long_side")
+    if long_side and long_side["max"] < config.resolution:
+        logger.warning("the inputs are smaller than --resolution %d: the images keep their own size (long side %d-%d "
+                       "px); the card records the real sizes", config.resolution, long_side["min"], long_side["max"])
     failure = build_failure(report, options.max_error_rate)
     if failure:
         write_json(work / REPORT, report)

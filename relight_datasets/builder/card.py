@@ -7,6 +7,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from .. import __version__
 from ..config import BuildConfig
 from .features import COLUMN_DESCRIPTIONS, features_for
+from .report import sizes_text
 
 
 def size_category(rows: int) -> str:
@@ -72,6 +73,8 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
             "config_fingerprint": report["config_fingerprint"],
             "source": report["source"],
             "models": report["models"],
+            "layout": config.output.layout,
+            "image_sizes": report["image_sizes"],
             "config": config.to_dict(),
         },
     )
@@ -94,6 +97,8 @@ person in the same scene under different light.
 - source: `{report["source"]}`
 - config fingerprint: `{report["config_fingerprint"]}` (the resolved config is in this card's YAML header)
 - rows: {report["processed"]} of {report["attempted"]} attempted ({splits_text})
+- {sizes_text(report)} (resolution setting: long side at most {config.resolution} px); layout
+  `{config.output.layout}`, {report["bytes_per_row"] / 1e3:.0f} kB per row
 
 Models:
 {models_text or "- none recorded"}

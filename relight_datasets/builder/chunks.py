@@ -6,6 +6,7 @@ and have no images. Nothing in here touches the output folder.
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, Features, Value
+from PIL import Image
 
 from ..config import BuildConfig
 from ..transforms.base import SKIP_COLUMN, resolve_device
@@ -120,4 +122,11 @@ def chunk_stats(table: pa.Table, errors: dict[str, str]) -> dict:
                         else kept_table.filter(pc.equal(kept_table.column("split"), name)).nbytes
                         for name in kept_splits},
         "first_error": {"image_id": failed[0], "error": errors.get(failed[0], "unknown")} if failed else None,
+        "image_sizes": dict(Counter(stored_size(value) for value in kept_table.column("input").to_pylist())),
     }
+
+
+def stored_size(image: dict) -> str:
+    """``"WxH"`` of a stored image (``{"bytes": ...}``), read from its header only."""
+    with Image.open(io.BytesIO(image["bytes"])) as opened:
+        return f"{opened.width}x{opened.height}"

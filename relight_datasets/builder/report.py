@@ -14,7 +14,8 @@ def merge_stats(stats: list[dict], source_skips: list[dict]) -> dict:
     """Sum the chunk stats; ``source_skips`` (items the source could not use) count as attempted and skipped."""
     merged: dict = {"attempted": len(source_skips), "processed": 0, "skipped_rows": list(source_skips),
                     "splits": Counter(), "split_bytes": Counter(), "timings": Counter(),
-                    "methods": {column: Counter() for column in METHOD_COLUMNS}, "first_error": None}
+                    "methods": {column: Counter() for column in METHOD_COLUMNS}, "first_error": None,
+                    "image_sizes": Counter()}
     for item in stats:
         merged["attempted"] += item["attempted"]
         merged["processed"] += item["processed"]
@@ -25,7 +26,17 @@ def merge_stats(stats: list[dict], source_skips: list[dict]) -> dict:
         merged["split_bytes"].update(item["split_bytes"])
         merged["timings"].update(item["timings"])
         merged["first_error"] = merged["first_error"] or item["first_error"]
+        merged["image_sizes"].update(item.get("image_sizes", {}))  # chunks of an older run may lack it
     return merged
+
+
+def size_summary(sizes: Counter) -> dict:
+    """The stored images' sizes: long side (pixels) min / median / max and the five most common ``WxH``."""
+    long_sides = sorted(max(int(side) for side in size.split("x")) for size in sizes.elements())
+    if not long_sides:
+        return {}
+    return {"long_side": {"min": long_sides[0], "median": long_sides[len(long_sides) // 2], "max": long_sides[-1]},
+            "most_common": [[size, count] for size, count in sizes.most_common(5)]}
 
 
 def counts_part(merged: dict, splits: dict[str, float]) -> dict:
@@ -41,6 +52,7 @@ def counts_part(merged: dict, splits: dict[str, float]) -> dict:
         "split_bytes": {name: merged["split_bytes"].get(name, 0) for name in splits},
         "methods": {column: dict(sorted(counts.items())) for column, counts in merged["methods"].items()},
         "first_error": merged["first_error"],
+        "image_sizes": size_summary(merged["image_sizes"]),
     }
 
 
@@ -64,6 +76,17 @@ def skip_text(report: dict) -> str:
     return "skipped: " + (", ".join(f"{reason} {count}" for reason, count in report["skipped"].items()) or "none")
 
 
+def sizes_text(report: dict) -> str:
+    """The stored images' sizes in words, e.g. ``images 1024x1024`` or ``images 480-1024 px on the long side``."""
+    sizes = report.get("image_sizes") or {}
+    if not sizes:
+        return "no images"
+    if len(sizes["most_common"]) == 1:
+        return f"images {sizes['most_common'][0][0]}"
+    side = sizes["long_side"]
+    return f"images {side['min']}-{side['max']} px on the long side (median {side['median']})"
+
+
 def summary(report: dict, out: Path) -> str:
     """What the command line prints after a build: counts, speed, where the dataset is and how to load it."""
     splits = ", ".join(f"{name} {count}" for name, count in report["splits"].items())
@@ -72,5 +95,5 @@ def summary(report: dict, out: Path) -> str:
     return (f"relight-build: {report['processed']} of {report['attempted']} images processed ({skip_text(report)}; "
             f"splits: {splits}{empty}{resumed}) in {report['wall_seconds']:.1f} s, "
             f"{report['images_per_second']:.2f} images/s on {report['device']}; "
-            f"{report['bytes_per_row'] / 1e3:.0f} kB per row ({report['layout']} layout)\n"
+            f"{report['bytes_per_row'] / 1e3:.0f} kB per row ({report['layout']} layout), {sizes_text(report)}\n"
             f"relight-build: dataset written to {out.resolve()} (load it with datasets.load_dataset({str(out)!r}))")
