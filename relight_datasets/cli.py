@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
                         help="upload the finished dataset to this Hub dataset repo and tag it with the dataset version")
     remote.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    remote.add_argument("--license", default=None, metavar="ID",
+                        help="the dataset's licence as a Hub licence id (e.g. cc-by-4.0); default: the source's when "
+                        "known (FFHQ: cc-by-nc-sa-4.0), else unknown (config: output.license)")
     remote.add_argument("--revision", default=None, help="Hub branch to push to (created if missing)")
     remote.add_argument("--force-push", action="store_true", help="push even if the dataset version is already tagged")
     notify = parser.add_argument_group("failures and messages")
@@ -151,7 +154,7 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     return as_overrides({"seed": args.seed, "resolution": args.resolution, **model_overrides(args),
                          "recombination.background": args.background, "output.image_format": args.image_format,
                          "output.png_codec": args.png_codec, "output.image_quality": args.image_quality,
-                         "output.layout": args.layout})
+                         "output.layout": args.layout, "output.license": args.license})
 
 
 def _fail(message: str) -> int:
@@ -276,7 +279,8 @@ def _run(args: argparse.Namespace) -> int:
     options = BuildOptions(source=args.source, out=args.out, limit=args.limit, batch_size=args.batch_size,
                            device=args.device, overwrite=args.overwrite, progress=not args.quiet,
                            chunk_size=args.chunk_size, splits=splits, max_shard_bytes=max_shard_bytes,
-                           num_processes=processes, max_error_rate=args.max_error_rate, min_shards=args.min_shards)
+                           num_processes=processes, max_error_rate=args.max_error_rate, min_shards=args.min_shards,
+                           hub_repo=args.push_to_hub)
     report = build_dataset(options, config)
     if report is None:  # a non-main process of a multi-process launch: the main process reports
         return 0

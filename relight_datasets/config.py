@@ -139,7 +139,7 @@ class RecombinationConfig:
 @dataclass
 class OutputConfig:
     dataset_version: str = "0.1.0"
-    license: str = "other"
+    license: str = ""  # a Hub licence id; "" = the source's when known (FFHQ), else "unknown"
     preview_rows: int = 6
     png_codec: Literal["fpng", "zlib"] = "fpng"
     png_compress_level: int = 1

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Image as ImageFeature
 from datasets import load_dataset
-from huggingface_hub import DatasetCard
+from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 import relight_datasets
@@ -260,3 +260,41 @@ def test_hub_source_fails_fast_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["--source", "hf:someone/portraits", "--out", str(tmp_path / "o")]) == 2
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+
+
+def test_card_names_the_licence_and_the_source_without_local_paths(built, faces_dir):
+    out, _ = built
+    text = (out / "README.md").read_text()
+    data = DatasetCard.load(out / "README.md").data.to_dict()
+    assert data["license"] == "unknown"  # a local folder: the tool cannot know its licence
+    assert "pass `--license`" in text
+    assert str(faces_dir) not in text and str(faces_dir.parent) not in text
+    assert data["relight_datasets"]["source"] == "a local folder of images"
+    for section in ("## Licence", "## Personal data", "## Biases and limitations", "## Citation"):
+        assert section in text
+    assert "ORG/NAME" in text and "RelightOnTheFly" in text
+    # the YAML is valid card metadata: it survives a round trip through huggingface_hub's own class
+    assert DatasetCardData(**data).to_dict() == data
+
+
+def test_card_with_a_repo_a_given_licence_and_an_ffhq_source():
+    from relight_datasets.builder.card import build_card, public_source_name, resolve_license
+    from relight_datasets.config import load_config
+
+    ffhq_id, ffhq_name, ffhq_link = resolve_license("ffhq", "")
+    assert ffhq_id == "cc-by-nc-sa-4.0" and "NonCommercial-ShareAlike 4.0" in ffhq_name
+    assert ffhq_link == "https://creativecommons.org/licenses/by-nc-sa/4.0/"
+    assert resolve_license("hf:bitmind/ffhq:train", "")[0] == "cc-by-nc-sa-4.0"
+    assert resolve_license("ffhq", "cc-by-4.0") == ("cc-by-4.0", None, None)
+    assert resolve_license("folder:/home/me/photos", "") == ("unknown", None, None)
+    assert public_source_name("folder:/home/me/photos") == "a local folder of images"
+    assert public_source_name("csv:/home/me/list.csv") == "a local list of image files (CSV)"
+    assert public_source_name("hf:someone/portraits:train") == "the Hub dataset `someone/portraits:train`"
+    report = {"source": "ffhq", "processed": 3, "attempted": 3, "splits": {"train": 3}, "split_bytes": {"train": 10},
+              "empty_splits": [], "skipped": {}, "models": {}, "config_fingerprint": "0" * 16, "bytes_per_row": 3000,
+              "image_sizes": {"long_side": {"min": 512, "median": 512, "max": 512}, "most_common": [["512x512", 3]]}}
+    card = build_card(load_config("mvp"), report, repo_id="my-org/relight-pairs")
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-nc-sa-4.0" and data["pretty_name"] == "Relight Pairs"
+    assert 'load_dataset("my-org/relight-pairs"' in card.text and "ORG/NAME" not in card.text
+    assert "creativecommons.org/licenses/by-nc-sa/4.0" in card.text and "karras2019style" in card.text

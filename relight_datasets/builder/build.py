@@ -95,6 +95,8 @@ class BuildOptions:
     num_processes: int = 1
     max_error_rate: float = 0.01
     """Largest share of attempted rows that may fail with ``processing_error`` before the build fails."""
+    hub_repo: str | None = None
+    """The Hub repo the dataset goes to (``--push-to-hub``): the card's snippets and name use it."""
 
 
 def build_dataset(options: BuildOptions, config: BuildConfig) -> dict | None:
@@ -241,7 +243,7 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
         layout=config.output.layout,
         bytes_per_row=round(stored_bytes / report["processed"]),
     )
-    build_card(config, report).save(staging / "README.md")
+    build_card(config, report, options.hub_repo).save(staging / "README.md")
     write_json(staging / REPORT, report)
     publish(out, staging)
     shutil.rmtree(work, ignore_errors=True)

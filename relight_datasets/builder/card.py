@@ -34,6 +34,53 @@ def describe_model(info: dict) -> str:
     return text
 
 
+SOURCE_LICENSES = {
+    "ffhq": ("cc-by-nc-sa-4.0", "Creative Commons Attribution-NonCommercial-ShareAlike 4.0",
+             "https://creativecommons.org/licenses/by-nc-sa/4.0/"),
+}
+"""Licences of the sources the tool knows: id on the Hub, name, link. FFHQ's images are published under CC BY-NC-SA
+4.0 by NVIDIA (https://github.com/NVlabs/ffhq-dataset), with each photo under its own Flickr licence."""
+PLACEHOLDER_REPO = "ORG/NAME"
+FFHQ_CITATION = """@inproceedings{karras2019style,
+  title     = {A Style-Based Generator Architecture for Generative Adversarial Networks},
+  author    = {Karras, Tero and Laine, Samuli and Aila, Timo},
+  booktitle = {CVPR},
+  year      = {2019}
+}"""
+
+
+def is_ffhq(source: str) -> bool:
+    """Whether ``--source`` is FFHQ: the ``ffhq`` alias or the Hub dataset it streams from."""
+    from .sources import DEFAULT_FFHQ_REPO
+
+    return source == "ffhq" or source.split(":")[:2] == ["hf", DEFAULT_FFHQ_REPO]
+
+
+def public_source_name(source: str) -> str:
+    """``--source`` as the card shows it: Hub ids as they are, local folders and lists without their path."""
+    kind, _, rest = source.partition(":")
+    if source == "ffhq" or kind == "hf":
+        return f"FFHQ (`{source}`)" if is_ffhq(source) else f"the Hub dataset `{rest}`"
+    return "a local list of image files (CSV)" if kind == "csv" else "a local folder of images"
+
+
+def resolve_license(source: str, given: str) -> tuple[str, str | None, str | None]:
+    """The dataset's licence ``(hub id, name, link)``: ``given`` (``output.license`` / ``--license``) when set,
+    else the source's when the tool knows it (FFHQ), else ``("unknown", None, None)``."""
+    if given:
+        return given, None, None
+    if is_ffhq(source):
+        return SOURCE_LICENSES["ffhq"]
+    return "unknown", None, None
+
+
+def pretty_name(repo_id: str | None) -> str:
+    """``org/relight-pairs`` -> ``Relight Pairs``; the tool's name without a repo."""
+    if not repo_id:
+        return "Relighting pairs"
+    return " ".join(word.capitalize() for word in repo_id.split("/")[-1].replace("_", "-").split("-") if word)
+
+
 COMPACT_USE = """
 This is a **compact** build: `degraded` and `composite` are not stored (they are half of a row's bytes). They are
 a function of the stored columns and the build's config and seed, and come back bit for bit:
@@ -42,7 +89,7 @@ a function of the stored columns and the build's config and seed, and come back 
 import relight_datasets
 from huggingface_hub import DatasetCard
 
-config = DatasetCard.load("PATH_OR_REPO_ID").data.to_dict()["relight_datasets"]["config"]
+config = DatasetCard.load("{repo}").data.to_dict()["relight_datasets"]["config"]
 pairs = relight_datasets.regenerate_pairs(ds, config)   # adds degraded and composite, as a full build stores them
 ```
 
@@ -50,7 +97,7 @@ For training, `relight_datasets.transforms.RelightOnTheFly` draws a new light pe
 """
 
 
-def build_card(config: BuildConfig, report: dict) -> DatasetCard:
+def build_card(config: BuildConfig, report: dict, repo_id: str | None = None) -> DatasetCard:
     """A ``DatasetCard`` whose YAML carries features, splits, version, package version, config and fingerprint.
 
     The card declares no ``configs``/``data_files``: ``datasets`` finds ``data/<split>-*.parquet`` by the Hub's
@@ -58,20 +105,25 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
     with identical cards would share one cache entry and ``load_dataset`` could return another build's rows.)
     """
     stored = features_for(config.output.layout)
+    license_id, license_name, license_link = resolve_license(report["source"], config.output.license)
+    extra_license = ({"license_name": license_name, "license_link": license_link}
+                     if license_name and license_id == "other" else {})
+    repo = repo_id or PLACEHOLDER_REPO
     splits = [{"name": name, "num_examples": count, "num_bytes": report["split_bytes"][name]}
               for name, count in report["splits"].items() if count]
     data = DatasetCardData(
-        license=config.output.license,
+        license=license_id,
+        **extra_license,
         task_categories=["image-to-image"],
         tags=["relighting", "portrait", "intrinsic-images", "relight-datasets"],
         size_categories=size_category(report["processed"]),
-        pretty_name="Relighting pairs",
+        pretty_name=pretty_name(repo_id),
         dataset_info={"features": stored._to_yaml_list(), "splits": splits},
         version=config.output.dataset_version,
         relight_datasets={
             "package_version": __version__,
             "config_fingerprint": report["config_fingerprint"],
-            "source": report["source"],
+            "source": public_source_name(report["source"]),
             "models": report["models"],
             "layout": config.output.layout,
             "image_sizes": report["image_sizes"],
@@ -79,7 +131,13 @@ def build_card(config: BuildConfig, report: dict) -> DatasetCard:
         },
     )
     columns = "\n".join(f"| `{name}` | {COLUMN_DESCRIPTIONS[name]} |" for name in stored)
-    layout_text = "" if config.output.layout == "full" else COMPACT_USE
+    layout_text = "" if config.output.layout == "full" else COMPACT_USE.format(repo=repo)
+    placeholder = "" if repo_id else (f"\n(`{PLACEHOLDER_REPO}` stands for this dataset's Hub repo id, or the local "
+                                      "folder it was written to.)\n")
+    licence_text = (f"[{license_name}]({license_link}), inherited from the source" if license_name
+                    else f"`{license_id}`" + (" (set with `--license`)" if config.output.license else
+                                               ": the source's licence is not known to the tool; pass `--license`"))
+    citations = f"\n\nThe source images:\n\n```bibtex\n{FFHQ_CITATION}\n```" if is_ffhq(report["source"]) else ""
     splits_text = ", ".join(f"{name}: {count}" for name, count in report["splits"].items() if count)
     if report["empty_splits"]:
         splits_text += f"; no rows fell into {', '.join(report['empty_splits'])}, so there is no such split"
@@ -94,7 +152,7 @@ a new light (`degraded`) and that relit person composited over the photo's backg
 person in the same scene under different light.
 
 - dataset version: **{config.output.dataset_version}**
-- source: `{report["source"]}`
+- source: {public_source_name(report["source"])}
 - config fingerprint: `{report["config_fingerprint"]}` (the resolved config is in this card's YAML header)
 - rows: {report["processed"]} of {report["attempted"]} attempted ({splits_text})
 - {sizes_text(report)} (resolution setting: long side at most {config.resolution} px); layout
@@ -116,9 +174,54 @@ Skipped inputs, by reason:
 
 ```python
 from datasets import load_dataset
-ds = load_dataset("PATH_OR_REPO_ID", split="train")
+ds = load_dataset("{repo}", split="train")
 ```
-{layout_text}
+{placeholder}{layout_text}
+Training with a new light every epoch (the build's own relighting function, from the stored `albedo`, `normals`,
+`mask` and `input`):
+
+```python
+from huggingface_hub import DatasetCard
+from relight_datasets.transforms import Compose, PairedTransform, RelightOnTheFly
+
+config = DatasetCard.load("{repo}").data.to_dict()["relight_datasets"]["config"]
+transform = Compose([PairedTransform(512), RelightOnTheFly(config, seed=0)])
+ds.set_transform(transform, columns=["image_id", "input", "mask", "albedo", "normals"])
+# each epoch: transform.set_epoch(epoch); then batch["input"] -> batch["composite"], batch["instruction"]
+```
+
 ![preview](preview.png)
+
+## Licence
+
+{licence_text}. The relit images are derived from the source photos and carry their terms; the tool's code is
+Apache-2.0.
+
+## Personal data
+
+The rows are photos of real people's faces, with person masks, face geometry and albedo derived from them. Use them
+for relighting research within the source's terms; do not use them to identify people. Honour removal requests
+made to the source dataset by removing the same images here (rows are keyed by `image_id`).
+
+## Biases and limitations
+
+- The light is synthetic: one key light (and ambient) drawn at random, shadow patterns laid on the person, Lambertian
+  shading of estimated normals; no interreflection, and hair is shaded as a smooth bulge. A model trained only on
+  these pairs learns this light model.
+- Masks, normals and albedo are estimates: each row's `segmentation_method` and `normals_method` say what made them
+  (fallbacks are weaker: `classical` masks, `mask_inflation` normals for faces that were not found), and the
+  albedo keeps some of the original light (`albedo_blend_ratio`).
+- The people are those of the source, with its biases in age, skin tone, pose and photo style; the face models
+  miss small, turned-away or blurry faces more often.
+
+## Citation
+
+```bibtex
+@software{{relight_datasets,
+  title   = {{relight-datasets: relighting training pairs from portrait photos}},
+  version = {{{__version__}}},
+  year    = {{2026}}
+}}
+```{citations}
 """
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")

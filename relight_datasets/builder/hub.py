@@ -50,7 +50,7 @@ def push_to_hub(folder: Path, repo_id: str, *, private: bool = False, revision: 
                 allow_existing_version: bool = False, api=None) -> str:
     """Upload ``folder`` (a finished build) to the dataset repo ``repo_id`` and tag the commit ``v<version>``.
 
-    The token comes from the environment or ``huggingface-cli login``. Pushing a version whose tag already exists
+    The token comes from the environment (``HF_TOKEN``) or ``hf auth login``. Pushing a version whose tag already exists
     is refused unless ``allow_existing_version`` (then the tag moves to the new commit). ``revision``: a branch,
     created if missing. ``api``: an ``HfApi`` (injectable for tests). Returns the commit URL.
     """
