@@ -1,4 +1,4 @@
-"""Every ```python block of README.md and docs/*.md runs (issue: "every code snippet in README and docs runs in a test").
+"""Every ```python block of README.md and docs/*.md runs.
 
 Convention: README blocks are independent; the blocks of one docs/ page run in order in one namespace (a page is a
 walk-through). Each file runs in its own Python process, in a folder holding the datasets the snippets name
@@ -25,14 +25,16 @@ SUBSTITUTIONS = {
         "resolution=512, seed=0,": "resolution=96, seed=0,",
         '"resolution=512", "segmentation.method=classical"': '"resolution=96", "segmentation.method=classical"',
         'glob("*.png"))': 'glob("*.png"))[:2]',
-        'limit=100,\n                       overrides=("resolution=512",)': 'limit=2,\n                       overrides=("resolution=96",)',
+        'limit=100,\n                       overrides=("resolution=512",)':
+            'limit=2,\n                       overrides=("resolution=96",)',
         "PairedTransform(512)": "PairedTransform(64)",
         "batch_size=8, shuffle=True, num_workers=2": "batch_size=2, shuffle=True, num_workers=0",
         "for epoch in range(3):": "for epoch in range(2):",
     },
     "docs/training.md": {
         "PairedTransform(512)": "PairedTransform(64)",
-        "batch_size=8, shuffle=True, num_workers=4, persistent_workers=True": "batch_size=2, shuffle=True, num_workers=0",
+        "batch_size=8, shuffle=True, num_workers=4, persistent_workers=True":
+            "batch_size=2, shuffle=True, num_workers=0",
         "batch_size=32, shuffle=True, num_workers=8, pin_memory=True": "batch_size=2, shuffle=True, num_workers=0",
         "epochs = 10": "epochs = 2",
         'device="cuda"': 'device="cpu"',
