@@ -103,7 +103,7 @@ def source_rows(data: Dataset | Sequence[Image.Image | str | os.PathLike], *, im
     a dataset, the row index (``"<split>/<index>"`` when the dataset has a split, as the CLI names the rows of a Hub
     source); for a path, the path as given (relative paths give the ids the CLI gives a folder's files); for a PIL
     image, a hash of its pixels. Each row's random draws derive from its id, so stable ids give stable rows.
-    ``source`` fills the ``source`` column (the CLI writes its ``--source`` text there).
+    ``source`` fills the ``source`` column (the CLI writes ``folder`` or ``csv`` for a local source, no path).
     """
     if isinstance(data, Dataset):
         rows = _dataset_rows(data, image_column, id_column, source)

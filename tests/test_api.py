@@ -79,7 +79,7 @@ def assert_same_rows(actual: Dataset, expected: Dataset, columns: list[str]) -> 
 def test_relight_gives_the_cli_rows(photos, cli_build, num_proc, caplog):
     expected, expected_skips = cli_build
     with caplog.at_level(logging.WARNING, logger="relight_datasets"):
-        pairs, skipped = relight(photo_dataset(photos), id_column="file", source=f"folder:{photos}",
+        pairs, skipped = relight(photo_dataset(photos), id_column="file", source="folder",
                                  resolution=RESOLUTION, overrides=WEIGHT_FREE, num_proc=num_proc, batch_size=2,
                                  return_skipped=True)
     assert pairs.features == FEATURES
@@ -93,7 +93,7 @@ def test_relight_gives_the_cli_rows(photos, cli_build, num_proc, caplog):
 def test_a_list_of_paths_gives_the_cli_rows(photos, cli_build, monkeypatch):
     expected, _ = cli_build
     monkeypatch.chdir(photos)  # relative paths: the ids the CLI gives a folder's files
-    pairs = relight(sorted(Path().glob("*.png")), source=f"folder:{photos}", resolution=RESOLUTION,
+    pairs = relight(sorted(Path().glob("*.png")), source="folder", resolution=RESOLUTION,
                     segmenter="classical", normals="classical")
     assert_same_rows(pairs, expected, list(FEATURES))
 
@@ -121,7 +121,7 @@ def test_a_list_of_pil_images_is_identified_by_pixels(photos, cli_build):
 def test_stage_by_stage_dataset_map_gives_the_cli_rows(photos, cli_build, num_proc, format_type):
     expected, expected_skips = cli_build
     config = load_config("mvp", overrides=[*WEIGHT_FREE, f"resolution={RESOLUTION}"])
-    rows = source_rows(photo_dataset(photos), id_column="file", source=f"folder:{photos}")
+    rows = source_rows(photo_dataset(photos), id_column="file", source="folder")
     # Dataset.map forks its workers (num_proc=1 too); a forked child of a process that has run torch's GNU OpenMP
     # threads hangs in its first parallel region unless torch runs one thread there (the README says so).
     with torch_threads(1):
@@ -140,7 +140,7 @@ def test_stage_by_stage_dataset_map_gives_the_cli_rows(photos, cli_build, num_pr
 
 def test_a_numpy_formatted_dataset_gives_the_cli_rows(photos, cli_build):
     expected, _ = cli_build
-    pairs = relight(photo_dataset(photos).with_format("numpy"), id_column="file", source=f"folder:{photos}",
+    pairs = relight(photo_dataset(photos).with_format("numpy"), id_column="file", source="folder",
                     resolution=RESOLUTION, overrides=WEIGHT_FREE)
     assert_same_rows(pairs, expected, list(FEATURES))
 
@@ -151,7 +151,7 @@ def test_an_image_that_breaks_the_pipeline_costs_only_its_own_row(photos, cli_bu
     bad = expected[1]["image_id"]
     pipeline_failing_for(bad)
     with caplog.at_level(logging.WARNING, logger="relight_datasets"):
-        pairs, skipped = relight(photo_dataset(photos), id_column="file", source=f"folder:{photos}",
+        pairs, skipped = relight(photo_dataset(photos), id_column="file", source="folder",
                                  resolution=RESOLUTION, overrides=WEIGHT_FREE, batch_size=3, return_skipped=True)
     assert {"image_id": bad, SKIP_COLUMN: "processing_error"} in skipped.to_list()
     assert_same_rows(pairs, expected.filter(lambda row: row["image_id"] != bad), list(FEATURES))

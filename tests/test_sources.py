@@ -50,7 +50,7 @@ def test_folder_ids_are_relative_paths_in_sorted_order(tmp_path, face_png):
     assert ids(source) == ["a/b/c.PNG", "a/z.jpg", "a.png", "b.png"]  # sorted by path parts, as before
     assert source.skipped == []
     assert source.rows["input"][0] == {"bytes": None, "path": str((tmp_path / "a/b/c.PNG").resolve())}
-    assert source.rows["source"] == [f"folder:{tmp_path}"] * 4
+    assert source.rows["source"] == ["folder"] * 4  # local paths stay out of the dataset
 
 
 def test_hidden_files_and_vcs_folders_are_not_items(tmp_path, face_png, caplog):

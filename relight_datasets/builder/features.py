@@ -44,7 +44,7 @@ def features_for(layout: str) -> Features:
 
 COLUMN_DESCRIPTIONS = {
     "image_id": "stable id of the source image (path relative to the source folder, or split/row index)",
-    "source": "the --source the row came from",
+    "source": "where the row came from: `folder` or `csv` (local; the path is not recorded), or the Hub source",
     "input": "the source photo, RGB, long side at most the build resolution",
     "mask": "person mask, mode L, 255 = person",
     "albedo": "lighting removed from the person (black outside the mask)",

@@ -284,7 +284,7 @@ def _file_rows(items: list[tuple[str, str]], text: str) -> SourceRows:
         seen_files.add(identity)
         seen_ids.add(image_id)
         rows["image_id"].append(image_id)
-        rows["source"].append(text)
+        rows["source"].append(text.partition(":")[0] if ":" in text else "folder")  # a local path stays private
         rows["input"].append(image)
         digest.update(json.dumps([image_id, status.st_size, status.st_mtime_ns]).encode() + b"\n")
     return SourceRows(Dataset.from_dict(rows, features=SOURCE_FEATURES), skipped, digest.hexdigest())
