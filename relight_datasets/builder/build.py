@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -36,7 +36,9 @@ from .. import __version__
 from ..config import BuildConfig
 from ..transforms.base import resolve_device
 from .card import build_card
+from .chunks import RowCache
 from .launcher import SOURCE_ROWS, ChunkJob, Rank, WorkerFailed, current_rank, process_chunks, run_spawned
+from .pipeline import PROCESSING_ERROR
 from .preview import write_preview
 from .report import build_failure, counts_part, merge_stats
 from .shards import write_shards
@@ -52,6 +54,7 @@ from .workdir import (
     chunk_paths,
     describe_os_error,
     drop_damaged_chunks,
+    grows_only,
     inspect_out,
     publish,
     read_json,
@@ -167,6 +170,12 @@ def _build_locked(options: BuildOptions, config: BuildConfig, job: ChunkJob, ran
         rank.wait()
         return {**read_json(out / REPORT), "already_complete": True}
 
+    previous = read_json(out / REPORT) if state in ("extend", "resume") else None
+    if previous is not None and previous.get("identity") != identity and grows_only(previous.get("identity"), identity):
+        # extending that build (same settings, more or other source items): reuse its rows
+        job = replace(job, cache=RowCache(out / "data", {item["image_id"]: item["reason"]
+                                                        for item in previous.get("skipped_rows", [])
+                                                        if item["reason"] != PROCESSING_ERROR}))
     processor = job.processor(rank)
     chunks = -(-len(rows) // options.chunk_size)
     if state == "resume":
@@ -175,7 +184,7 @@ def _build_locked(options: BuildOptions, config: BuildConfig, job: ChunkJob, ran
     resumed_rows = sum(read_json(chunk_paths(work, i)[1])["attempted"] for i in done)
     _check_disk_space(out, len(rows) - resumed_rows, config)
     try:
-        start_work(work, identity, source_ids, __version__, fresh=state == "fresh")
+        start_work(work, identity, source_ids, __version__, fresh=state in ("fresh", "extend"))
         if rank.count > 1 or options.num_processes > 1:
             rows.save_to_disk(str(work / SOURCE_ROWS))
         rank.wait()
@@ -199,10 +208,11 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
     stats = [read_json(chunk_paths(work, i)[1]) for i in range(chunks)]
     merged = merge_stats(stats, source.skipped)
     counts = counts_part(merged, options.splits)
-    processed_now = sum(item["processed"] for i, item in enumerate(stats) if i not in resumed)
+    processed_now = sum(item["processed"] - item.get("reused", 0) for i, item in enumerate(stats) if i not in resumed)
     report = {
         **counts,
         "resumed_rows": sum(stats[i]["attempted"] for i in resumed),
+        "reused_rows": sum(item.get("reused", 0) for item in stats),
         "version": config.output.dataset_version,
         "package_version": __version__,
         "config_fingerprint": config.fingerprint(),

@@ -7,14 +7,18 @@ and have no images. Nothing in here touches the output folder.
 from __future__ import annotations
 
 import io
+import os
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from datasets import Dataset, Features, Value
 from PIL import Image
@@ -43,13 +47,58 @@ def torch_threads(count: int):
         torch.set_num_threads(before)
 
 
+class RowCache:
+    """The rows of the build an incremental build extends: its published shards in ``data_dir`` (read memory-mapped
+    on first use in each process, rows copied out only when asked for) and the ids it skipped, with their reasons
+    (``processing_error`` rows are not passed in: they are tried again). A row depends only on its image and the
+    config, so a kept row is reused as it is. Picklable: a spawned worker opens the shards itself."""
+
+    def __init__(self, data_dir: Path, skipped: dict[str, str]):
+        self.data_dir, self.skipped = data_dir, skipped
+        self._opened: tuple[int, pa.Table | None, dict[str, int]] | None = None
+
+    def __getstate__(self) -> dict:
+        return {"data_dir": self.data_dir, "skipped": self.skipped, "_opened": None}
+
+    def _index(self) -> tuple[pa.Table | None, dict[str, int]]:
+        if self._opened is None or self._opened[0] != os.getpid():
+            shards = sorted(self.data_dir.glob("*.parquet"))
+            table = pa.concat_tables([pq.read_table(path, memory_map=True) for path in shards]) if shards else None
+            ids = {} if table is None else {image_id: row for row, image_id in
+                                            enumerate(table.column("image_id").to_pylist())}
+            self._opened = (os.getpid(), table, ids)
+        return self._opened[1], self._opened[2]
+
+    def rows(self, image_ids: list[str]) -> list[dict | None]:
+        """Per id, the previous build's row (its stored columns, ``skip_reason`` "" or the skip's reason), or None
+        when the id is new."""
+        table, index = self._index()
+        found = [index.get(image_id) for image_id in image_ids]
+        kept = table.take(pa.array([row for row in found if row is not None], type=pa.int64())).to_pylist() \
+            if table is not None and any(row is not None for row in found) else []
+        taken = iter(kept)
+        out = []
+        for image_id, row in zip(image_ids, found, strict=True):
+            if row is not None:
+                out.append({**next(taken), SKIP_COLUMN: ""})
+            elif image_id in self.skipped:
+                out.append({"image_id": image_id, SKIP_COLUMN: self.skipped[image_id]})
+            else:
+                out.append(None)
+        return out
+
+
 class ChunkProcessor:
     """Runs the pipeline over source rows; models and thread pools are created once and reused for every chunk.
     ``rank``: this process's index among the processes of a multi-device build (picks ``cuda:<rank>``)."""
 
     def __init__(self, config: BuildConfig, splits: dict[str, float], device: str = "auto", batch_size: int = 8,
-                 rank: int | None = None):
+                 rank: int | None = None, cache: RowCache | None = None):
         self.config = config
+        self.cache = cache
+        self.reused = 0
+        """Kept rows taken from :attr:`cache` so far (batches run on two threads: counted under a lock)."""
+        self._count_lock = threading.Lock()
         self.splits = splits
         self.batch_size = batch_size
         self.rank = rank
@@ -68,8 +117,22 @@ class ChunkProcessor:
         self.errors.update(errors)
         return columns
 
+    def _run_new(self, batch: dict[str, list]) -> dict[str, list]:
+        """:meth:`_run` on the rows the cache does not hold; the others are taken from the cache."""
+        cached = self.cache.rows(list(batch["image_id"])) if self.cache is not None else [None] * len(batch["image_id"])
+        new = [index for index, row in enumerate(cached) if row is None]
+        computed = self._run({name: [values[i] for i in new] for name, values in batch.items()}) if new else {}
+        with self._count_lock:
+            self.reused += sum(1 for row in cached if row is not None and not row[SKIP_COLUMN])
+        position = {index: order for order, index in enumerate(new)}
+        columns = [*FEATURES, SKIP_COLUMN]
+        seed = self.config.seed
+        return {name: [computed[name][position[index]] if row is None else
+                       row.get(name, {"source": batch["source"][index], "seed": seed}.get(name))
+                       for index, row in enumerate(cached)] for name in columns}
+
     def _table(self, batch: dict[str, list]) -> pa.Table:
-        out = self._run(batch)
+        out = self._run_new(batch)
         out["split"] = [assign_split(image_id, self.splits) for image_id in out["image_id"]]
         encoded = CHUNK_FEATURES.encode_batch({name: out[name] for name in CHUNK_FEATURES})
         return pa.Table.from_pydict(encoded, schema=CHUNK_FEATURES.arrow_schema)

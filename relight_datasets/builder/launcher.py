@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from ..config import BuildConfig
-from .chunks import ChunkProcessor, chunk_stats
+from .chunks import ChunkProcessor, RowCache, chunk_stats
 from .shards import ROW_GROUP_ROWS
 from .signals import BuildInterrupted, StopSignals
 from .workdir import chunk_paths, file_digest, write_atomic, write_json
@@ -74,10 +74,13 @@ class ChunkJob:
     batch_size: int
     chunk_size: int
     work: Path
+    cache: RowCache | None = None
+    """An incremental build's previous rows (see :class:`~relight_datasets.builder.chunks.RowCache`)."""
 
     def processor(self, rank: Rank) -> ChunkProcessor:
         """The models of this process, loaded (a model that cannot load fails here)."""
-        return ChunkProcessor(self.config, self.splits, self.device, self.batch_size, rank=rank.device_index)
+        return ChunkProcessor(self.config, self.splits, self.device, self.batch_size, rank=rank.device_index,
+                              cache=self.cache)
 
 
 class Progress:
@@ -108,11 +111,12 @@ def process_chunks(job: ChunkJob, processor: ChunkProcessor, rows, rank: Rank, s
     for index in mine:
         stop.check()
         table_path, stats_path = chunk_paths(job.work, index)
-        before = dict(processor.pipeline.timings)
+        before, reused = dict(processor.pipeline.timings), processor.reused
         chunk = rows.select(range(index * job.chunk_size, min(len(rows), (index + 1) * job.chunk_size)))
         table = processor.process(chunk, progress, stop.check)
         stats = chunk_stats(table, processor.errors)
         stats["timings"] = {k: v - before.get(k, 0.0) for k, v in processor.pipeline.timings.items()}
+        stats["reused"] = processor.reused - reused  # rows taken from the build this one extends
         write_atomic(table_path, lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=ROW_GROUP_ROWS))
         stats.update(bytes=table_path.stat().st_size, digest=file_digest(table_path))
         write_json(stats_path, stats)

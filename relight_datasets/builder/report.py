@@ -92,6 +92,8 @@ def summary(report: dict, out: Path) -> str:
     splits = ", ".join(f"{name} {count}" for name, count in report["splits"].items())
     empty = f"; empty splits left out: {', '.join(report['empty_splits'])}" if report["empty_splits"] else ""
     resumed = f", {report['resumed_rows']} resumed from an earlier run" if report["resumed_rows"] else ""
+    if report.get("reused_rows"):
+        resumed += f", {report['reused_rows']} reused from the build it extends"
     return (f"relight-build: {report['processed']} of {report['attempted']} images processed ({skip_text(report)}; "
             f"splits: {splits}{empty}{resumed}) in {report['wall_seconds']:.1f} s, "
             f"{report['images_per_second']:.2f} images/s on {report['device']}; "

@@ -125,6 +125,17 @@ def build_identity(source: str, source_fingerprint: str, source_items: int, limi
             "limit": limit, "chunk_size": chunk_size, "splits": splits, "config": config}
 
 
+GROWING_KEYS = ("source_fingerprint", "source_items", "limit")
+"""What may differ between a finished build and the build that extends it: the source's items, not the settings."""
+
+
+def grows_only(previous: dict, identity: dict) -> bool:
+    """Whether ``identity`` differs from a finished build's ``previous`` identity only in the source's items (a raised
+    ``--limit``, files added to a folder), so that the previous rows can be reused."""
+    return bool(previous) and all(previous.get(key) == identity.get(key)
+                                  for key in identity if key not in GROWING_KEYS)
+
+
 def _flatten(data: object, prefix: str = "") -> dict[str, object]:
     if not isinstance(data, dict):
         return {prefix: data}
@@ -161,7 +172,9 @@ def describe_difference(previous: dict, current: dict, previous_ids: list[str] |
 
 def inspect_out(out: Path, identity: dict, overwrite: bool, source_ids: list[str]) -> str:
     """Read-only look at ``out``: ``"complete"`` (holds this very build), ``"resume"`` (an unfinished run of this
-    build), or ``"fresh"`` (start a new build; with ``overwrite``, one that replaces what is there once it is done).
+    build), ``"extend"`` (holds a finished build of the same settings over fewer or other source items: an
+    incremental build reuses its rows), or ``"fresh"`` (start a new build; with ``overwrite``, one that replaces what
+    is there once it is done).
     Anything else raises :class:`OutputError` naming what differs. Unknown files are never a reason to refuse a
     folder that holds a build (``.gitattributes`` of a Hub clone), and are kept."""
     if out.exists() and not out.is_dir():
@@ -173,6 +186,9 @@ def inspect_out(out: Path, identity: dict, overwrite: bool, source_ids: list[str
     if report is not None and not overwrite:
         if report.get("identity") == identity:
             return "complete"
+        if grows_only(report.get("identity") or {}, identity):
+            resuming = manifest is not None and manifest.get("identity") == identity
+            return "resume" if resuming else "extend"
         raise OutputError(f"--out {out} holds a finished build with other settings "
                           f"({describe_difference(report.get('identity') or {}, identity)}); use another --out, "
                           "or --overwrite to replace it")
