@@ -10,15 +10,16 @@ face oval) stays open; the three inner boundaries (the eyes and the mouth) are f
 per hole at the loop's centroid, so eyes and mouth get geometry too.
 
 Rendering (torch, on the device of the vertices): :func:`rasterize` interpolates per-vertex attributes at pixel
-centres with barycentric weights, keeping the nearest surface per pixel (a z-buffer, fully vectorised: the candidate
-pixels of every triangle's bounding box are enumerated at once, in chunks). :func:`render_face_geometry` turns the
-landmarks of each face into camera-frame normals (x right, y up, z towards the camera, as in
-:mod:`relight_datasets.ops.lighting`) and relative height.
+centres with barycentric weights, keeping the nearest surface per pixel (a z-buffer, fully vectorised: every
+triangle's covered pixels are enumerated as runs along rows, all triangles at once, in chunks).
+:func:`render_face_geometry` turns the landmarks of each face into camera-frame normals (x right, y up, z towards the
+camera, as in :mod:`relight_datasets.ops.lighting`) and relative height.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 from functools import cache
@@ -51,7 +52,11 @@ EDGES_SHA256 = "0f3a360687f4ecc65c77d856025020b7a373b125f2a07a7c70f21fad8853fc6f
 """sha256 of :data:`EDGES_FILE`, as recorded in ``models/assets/NOTICE``."""
 NUM_LANDMARKS = 468
 MAX_CANDIDATES = 1 << 22
-"""Candidate pixels :func:`rasterize` evaluates at once (bounds its memory: about 40 bytes each)."""
+"""Covered pixels :func:`rasterize` evaluates at once, counted per triangle (bounds its memory: about 80 bytes
+each)."""
+COVER_TOLERANCE = 1e-9
+"""How far below 0 a barycentric weight may be at a pixel centre that still counts as covered (so that a centre on
+an edge shared by two triangles is drawn by one of them whatever the rounding)."""
 
 
 @dataclass(frozen=True)
@@ -188,20 +193,11 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     return summed * torch.rsqrt((summed * summed).sum(dim=1, keepdim=True).clamp_min(1e-30))
 
 
-def _candidates(screen: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pixels inside each triangle's bounding box (``screen``: ``T x 3 x 2`` corners): triangle index, pixel row
-    and column (long, flat)."""
-    device = screen.device
-    low = torch.ceil(screen.amin(dim=1) - 0.5).long()
-    high = torch.floor(screen.amax(dim=1) - 0.5).long()
-    x0, y0 = low[:, 0].clamp(0, width), low[:, 1].clamp(0, height)
-    x1, y1 = high[:, 0].clamp(-1, width - 1), high[:, 1].clamp(-1, height - 1)
-    box_width, box_height = (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
-    counts = box_width * box_height
-    triangle = torch.repeat_interleave(torch.arange(len(screen), device=device, dtype=torch.long), counts)
-    first = torch.cumsum(counts, dim=0) - counts
-    local = torch.arange(len(triangle), device=device, dtype=torch.long) - first[triangle]
-    return triangle, y0[triangle] + local // box_width[triangle], x0[triangle] + local % box_width[triangle]
+def _ranks(counts: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """For ``group``, the non-decreasing group index of each element of ``repeat_interleave(..., counts)``: the
+    element's position within its group (0, 1, ...), long."""
+    starts = torch.cumsum(counts, dim=0) - counts
+    return torch.arange(len(group), device=group.device, dtype=torch.long) - starts[group]
 
 
 def _plane_coefficients(corners: torch.Tensor) -> torch.Tensor:
@@ -223,6 +219,35 @@ def _plane_coefficients(corners: torch.Tensor) -> torch.Tensor:
     return torch.stack([weight_a, weight_b, depth], dim=1)
 
 
+def _row_runs(corners: torch.Tensor, planes: torch.Tensor, height: int,
+              width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pixels of a ``height x width`` window that triangles cover, as runs along rows.
+
+    ``corners``: ``T x 3 x 3`` (x, y, depth; window pixels, float64); ``planes``: their :func:`_plane_coefficients`.
+    A pixel is covered when all three barycentric weights at its centre ``(col + 0.5, row + 0.5)`` are at least
+    ``-COVER_TOLERANCE``; along a row each weight is affine in x, so the covered columns are one interval. Returns,
+    per run (long): the triangle, the row, the first column and the number of columns (0 for an empty run)."""
+    device = corners.device
+    top = torch.ceil(corners[:, :, 1].amin(dim=1) - 0.5).long().clamp(0, height)
+    bottom = torch.floor(corners[:, :, 1].amax(dim=1) - 0.5).long().clamp(-1, height - 1)
+    rows = (bottom - top + 1).clamp_min(0)
+    triangle = torch.repeat_interleave(torch.arange(len(corners), device=device, dtype=torch.long), rows)
+    row = top[triangle] + _ranks(rows, triangle)
+    weights = planes[triangle, :2]
+    slope = weights[:, :, 0]
+    offset = weights[:, :, 1] * (row.double() + 0.5)[:, None] + weights[:, :, 2]
+    slope = torch.cat([slope, -slope.sum(dim=1, keepdim=True)], dim=1)  # with the third weight, 1 - the others
+    offset = torch.cat([offset, 1 - offset.sum(dim=1, keepdim=True)], dim=1)
+    crossing = -(offset + COVER_TOLERANCE) / slope  # x where each weight reaches -COVER_TOLERANCE
+    infinity = torch.tensor(math.inf, device=device, dtype=torch.float64)
+    left = torch.where(slope > 0, crossing, -infinity).amax(dim=1)
+    right = torch.where(slope < 0, crossing, infinity).amin(dim=1)
+    nowhere = ((slope == 0) & (offset < -COVER_TOLERANCE)).any(dim=1)
+    first = torch.ceil(left - 0.5).clamp(0, width).long()
+    last = torch.floor(right - 0.5).clamp(-1, width - 1).long()
+    return triangle, row, first, torch.where(nowhere, 0, (last - first + 1).clamp_min(0))
+
+
 def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, attributes: torch.Tensor, height: int,
               width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Render a triangle mesh with a z-buffer, sampling at pixel centres ``(col + 0.5, row + 0.5)``.
@@ -230,9 +255,11 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, attributes: torch
     ``vertices``: ``V x 3``: x (pixels, right), y (pixels, down) and depth (towards the camera: larger is nearer);
     ``triangles``: ``T x 3`` long; ``attributes``: ``V x C`` interpolated barycentrically (linearly in the image
     plane: an orthographic camera). Per pixel the nearest covering triangle wins (ties, e.g. on a shared edge, go to
-    the first candidate, so the result is the same on every device); zero-area triangles draw nothing. Work is
-    confined to the mesh's bounding box. Returns the attributes ``C x H x W`` (0 where nothing is drawn), the depth
-    ``1 x H x W`` (0 there) and the coverage ``1 x H x W`` (1 where drawn), on the vertices' device in their dtype.
+    the first candidate, so the result is the same on every device); zero-area triangles draw nothing. Each triangle
+    visits only the pixels it covers (runs along rows, :func:`_row_runs`), at most ``MAX_CANDIDATES`` at a time, and
+    work is confined to the mesh's bounding box. Returns the attributes ``C x H x W`` (0 where nothing is drawn), the
+    depth ``1 x H x W`` (0 there) and the coverage ``1 x H x W`` (1 where drawn), on the vertices' device in their
+    dtype.
     """
     device, dtype = vertices.device, vertices.dtype
     values = torch.zeros(attributes.shape[1], height, width, device=device, dtype=dtype)
@@ -255,35 +282,39 @@ def rasterize(vertices: torch.Tensor, triangles: torch.Tensor, attributes: torch
     shift = torch.tensor([left, top, 0.0], device=device, dtype=torch.float64)
     local = corners[kept] - shift
     planes = _plane_coefficients(local)
+    run_triangle, run_row, run_first, run_count = _row_runs(local, planes, window_height, window_width)
+    run_y = run_row.double() + 0.5
+    run_depth_slope = planes[run_triangle, 2, 0]
+    run_depth_offset = planes[run_triangle, 2, 1] * run_y + planes[run_triangle, 2, 2]
     pixels = window_height * window_width
     best_depth = torch.full((pixels,), float("-inf"), device=device, dtype=torch.float64)
-    best_candidate = torch.full((pixels,), -1, device=device, dtype=torch.long)
-    best_weights = torch.zeros(pixels, 2, device=device, dtype=torch.float64)
-    triangle, row, col = _candidates(local[:, :, :2], window_height, window_width)
-    for start in range(0, len(triangle), MAX_CANDIDATES):
-        chunk = slice(start, start + MAX_CANDIDATES)
-        chunk_triangle, x, y = triangle[chunk], col[chunk].double() + 0.5, row[chunk].double() + 0.5
-        plane = planes[chunk_triangle]
-        weight_a = plane[:, 0, 0] * x + plane[:, 0, 1] * y + plane[:, 0, 2]
-        weight_b = plane[:, 1, 0] * x + plane[:, 1, 1] * y + plane[:, 1, 2]
-        candidate = torch.nonzero((weight_a >= -1e-9) & (weight_b >= -1e-9) & (weight_a + weight_b <= 1 + 1e-9))
-        candidate = candidate.squeeze(1)
-        plane, x, y = plane[candidate, 2], x[candidate], y[candidate]
-        depth = plane[:, 0] * x + plane[:, 1] * y + plane[:, 2]
-        pixel = (row[chunk] * window_width + col[chunk])[candidate]
+    best_run = torch.full((pixels,), -1, device=device, dtype=torch.long)
+    run_end = torch.cumsum(run_count, dim=0)
+    total = int(run_end[-1]) if len(run_end) else 0
+    limits = torch.tensor(range(MAX_CANDIDATES, total, MAX_CANDIDATES), device=device, dtype=torch.long)
+    boundaries = torch.searchsorted(run_end, limits).tolist()  # chunks of about MAX_CANDIDATES pixels
+    for start, stop in itertools.pairwise([0, *boundaries, len(run_count)]):
+        counts = run_count[start:stop]
+        run = torch.repeat_interleave(torch.arange(start, stop, device=device, dtype=torch.long), counts)
+        col = run_first[run] + _ranks(counts, run - start)
+        depth = run_depth_slope[run] * (col.double() + 0.5) + run_depth_offset[run]
+        pixel = run_row[run] * window_width + col
         nearest = best_depth.clone().scatter_reduce_(0, pixel, depth, reduce="amax")
         wins = depth == nearest[pixel]
-        first = torch.full((pixels,), len(candidate), device=device, dtype=torch.long)
-        order = torch.arange(len(candidate), device=device, dtype=torch.long)
+        first = torch.full((pixels,), len(run), device=device, dtype=torch.long)
+        order = torch.arange(len(run), device=device, dtype=torch.long)
         first.scatter_reduce_(0, pixel[wins], order[wins], reduce="amin")
         chosen = torch.nonzero(wins & (first[pixel] == order) & (depth > best_depth[pixel])).squeeze(1)
         best_depth[pixel[chosen]] = depth[chosen]
-        best_candidate[pixel[chosen]] = kept[chunk_triangle[candidate[chosen]]]
-        best_weights[pixel[chosen]] = torch.stack([weight_a[candidate[chosen]], weight_b[candidate[chosen]]], dim=1)
-    covered = torch.nonzero(best_candidate >= 0).squeeze(1)
-    weights = best_weights[covered]
+        best_run[pixel[chosen]] = run[chosen]
+    covered = torch.nonzero(best_run >= 0).squeeze(1)
+    run = best_run[covered]
+    plane = planes[run_triangle[run], :2]
+    centre = torch.stack([(covered % window_width).double() + 0.5, run_y[run], torch.ones_like(run_y[run])], dim=1)
+    weights = (plane * centre[:, None, :]).sum(dim=2)
     weights = torch.cat([weights, 1 - weights.sum(dim=1, keepdim=True)], dim=1)
-    interpolated = (weights[:, :, None] * attributes.double()[triangles[best_candidate[covered]]]).sum(dim=1)
+    corner_values = attributes.double()[triangles[kept[run_triangle[run]]]]
+    interpolated = torch.bmm(weights[:, None, :], corner_values)[:, 0]
     flat = torch.zeros(attributes.shape[1] + 2, pixels, device=device, dtype=dtype)  # attributes, depth, coverage
     flat[:-2, covered] = interpolated.T.to(dtype)
     flat[-2, covered] = best_depth[covered].to(dtype)
