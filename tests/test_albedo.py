@@ -161,7 +161,8 @@ def test_the_robust_surround_follows_the_light_across_a_material_edge():
     size, sigma = 128, 20.0
     x = torch.linspace(0, 1, size, device="cpu", dtype=torch.float32).view(1, 1, 1, size).expand(1, 1, size, size)
     light = 0.5 + 0.4 * x
-    albedo = torch.where(x < 0.5, torch.tensor(0.15), torch.tensor(0.7))
+    albedo = torch.where(x < 0.5, torch.tensor(0.15, device="cpu", dtype=torch.float32),
+                         torch.tensor(0.7, device="cpu", dtype=torch.float32))
     image, mask = albedo * light, torch.ones_like(light)
     skin_near_edge = (x >= 0.5) & (x < 0.5 + 2 * sigma / size)
     truth = (0.7 * light)[skin_near_edge]

@@ -71,10 +71,10 @@ def test_the_z_buffer_keeps_the_nearer_triangle_whatever_the_order():
     vertices = torch.tensor([[4, 4, 1], [28, 4, 1], [4, 28, 1],            # far triangle, attribute 1
                              [8, 8, 5], [30, 8, 5], [8, 30, 5],            # near triangle, attribute 2
                              [2, 2, 9], [20, 20, 9], [38, 38, 9]],         # degenerate (collinear), nearest
-                            dtype=torch.float32)
-    attributes = torch.tensor([[1.0]] * 3 + [[2.0]] * 3 + [[3.0]] * 3)
+                            device="cpu", dtype=torch.float32)
+    attributes = torch.tensor([[1.0]] * 3 + [[2.0]] * 3 + [[3.0]] * 3, device="cpu", dtype=torch.float32)
     for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
-        triangles = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]])[order]
+        triangles = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]], device="cpu", dtype=torch.long)[order]
         values, depth, coverage = rasterize(vertices, triangles, attributes, 40, 40)
         assert values[0, 12, 12] == 2 and depth[0, 12, 12] == 5   # both cover it: the near one wins
         assert values[0, 5, 5] == 1 and depth[0, 5, 5] == 1       # only the far one
@@ -128,17 +128,18 @@ def test_a_rendered_fixture_face_is_whole_and_shaped_like_a_face(fixture_faces):
 
 def test_no_face_gives_camera_facing_normals_and_no_coverage():
     normals, height, coverage = render_face_geometry([], 16, 12, "cpu")
-    assert torch.equal(normals[2], torch.ones(16, 12)) and coverage.sum() == 0 and height.abs().sum() == 0
+    assert torch.equal(normals[2], torch.ones(16, 12, device="cpu", dtype=torch.float32))
+    assert coverage.sum() == 0 and height.abs().sum() == 0
 
 
 def test_smoothing_and_blending_keep_unit_normals_and_no_seam(fixture_faces):
     images, meshes = fixture_faces
     face, coverage = render_face_normals(meshes[0], 256, 256, "cpu", torch.float32, max_side=128)
     assert face.shape == (3, 256, 256) and 0 <= coverage.min() and coverage.max() <= 1
-    base = torch.zeros(1, 3, 256, 256)
+    base = torch.zeros(1, 3, 256, 256, device="cpu", dtype=torch.float32)
     base[:, 2] = 1
     blended = blend_face_normals(base, face[None], coverage[None], feather_px=8.0)
-    assert torch.allclose(blended.norm(dim=1), torch.ones(1, 256, 256), atol=1e-5)
+    assert torch.allclose(blended.norm(dim=1), torch.ones(1, 256, 256, device="cpu", dtype=torch.float32), atol=1e-5)
     edge = (coverage[0] > 0.05) & (coverage[0] < 0.95)  # on the outline the base normals all but keep their place
     change, contrast = (blended[0] - base[0]).norm(dim=0), (face - base[0]).norm(dim=0)
     assert change[edge].mean() < 0.1 * contrast[edge].mean()
