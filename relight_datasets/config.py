@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
-PRESETS = ("mvp", "full")
+PRESETS = ("mvp", "full", "studio", "outdoor")
 DEGRADATION_TYPES = ("soft_shading", "hard_shadow", "specular")
+LIGHT_SETUPS = ("single", "two_point", "three_point", "outdoor", "overcast", "indoor", "environment_map")
 
 
 class ConfigError(ValueError):
@@ -83,8 +84,19 @@ class NormalsConfig:
 
 @dataclass
 class LightConfig:
-    elevation_deg: Range = (10.0, 80.0)
+    elevation_deg: Range = (10.0, 80.0)  # the key light's (sun's, window's), above the image plane
     azimuth_deg: Range = (0.0, 360.0)
+    setups: dict[str, float] = field(default_factory=lambda: {"single": 1.0})  # weights over LIGHT_SETUPS
+    key_kelvin: Range = (6500.0, 6500.0)  # colour temperatures of studio lights (suns and windows have their own)
+    fill_kelvin: Range = (6500.0, 6500.0)  # the fill light's and the room's
+    rim_kelvin: Range = (6500.0, 6500.0)
+    tint: float = 0.0  # largest green (+) / magenta (-) tint of a studio light
+    fill_ratio: Range = (0.2, 0.5)  # fill intensity / key intensity
+    rim_ratio: Range = (0.5, 1.0)  # rim intensity / key intensity
+    key_radius_deg: Range = (3.0, 8.0)  # angular radius of the key light: its shadows' penumbra
+    environment_maps: str = ""  # folder of equirectangular .hdr / .exr maps for the environment_map setup
+    cast_shadows: bool = True  # shadows the height field casts (nose, chin, hair)
+    occlusion: float = 1.0  # strength of the ambient occlusion on the environment light (0 = none)
 
 
 @dataclass
@@ -239,6 +251,31 @@ def _check_unit_range(key: str, value: Range | float, low: float = 0.0, high: fl
         raise ConfigError(f"{key}: values must lie in [{low:g}, {high:g}], got {value!r}")
 
 
+def _validate_light(light: LightConfig) -> None:
+    unknown = sorted(set(light.setups) - set(LIGHT_SETUPS))
+    if unknown:
+        raise ConfigError(f"degradation.light.setups: unknown setup {unknown[0]} (valid: {', '.join(LIGHT_SETUPS)})")
+    if any(weight < 0 for weight in light.setups.values()) or sum(light.setups.values()) <= 0:
+        raise ConfigError("degradation.light.setups: weights must not be negative and at least one must be positive")
+    for name in ("key_kelvin", "fill_kelvin", "rim_kelvin"):
+        _check_unit_range(f"degradation.light.{name}", getattr(light, name), 1667.0, 25000.0)
+    _check_unit_range("degradation.light.tint", light.tint, 0.0, 0.5)
+    _check_unit_range("degradation.light.fill_ratio", light.fill_ratio, 0.0, 2.0)
+    _check_unit_range("degradation.light.rim_ratio", light.rim_ratio, 0.0, 3.0)
+    _check_unit_range("degradation.light.key_radius_deg", light.key_radius_deg, 0.0, 30.0)
+    _check_unit_range("degradation.light.occlusion", light.occlusion)
+    if light.setups.get("environment_map", 0) > 0:
+        from .ops.environments import environment_maps_in
+
+        if not light.environment_maps:
+            raise ConfigError("degradation.light.environment_maps: the environment_map setup needs a folder of "
+                              ".hdr / .exr maps")
+        try:
+            environment_maps_in(light.environment_maps)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
 def validate(config: BuildConfig) -> BuildConfig:
     """Range and consistency checks that types alone cannot express; returns ``config`` or raises ConfigError."""
     from .ops.patterns import PATTERN_FAMILIES
@@ -292,6 +329,7 @@ def validate(config: BuildConfig) -> BuildConfig:
         raise ConfigError("degradation.weights: at least one weight must be positive")
     _check_unit_range("degradation.light.elevation_deg", deg.light.elevation_deg, 0.0, 90.0)
     _check_unit_range("degradation.light.azimuth_deg", deg.light.azimuth_deg, -360.0, 720.0)
+    _validate_light(deg.light)
     _check_unit_range("degradation.soft_shading.ambient", deg.soft_shading.ambient)
     _check_unit_range("degradation.hard_shadow.ambient", deg.hard_shadow.ambient)
     _check_unit_range("degradation.specular.ambient", deg.specular.ambient)
@@ -332,7 +370,7 @@ def validate(config: BuildConfig) -> BuildConfig:
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "weights":
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("weights", "setups"):
             merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value
@@ -343,7 +381,9 @@ def _preset_data(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r} (valid: {', '.join(PRESETS)})")
     text = resources.files("relight_datasets.presets").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    data = yaml.safe_load(text) or {}
+    base = data.pop("extends", None)  # a preset may be written as changes to another
+    return _merge(_preset_data(base), data) if base else data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

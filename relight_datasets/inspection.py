@@ -2,8 +2,8 @@
 
 The page holds a grid of random rows (every image column as an inline JPEG thumbnail, the id, the instruction and
 what made the mask and the normals) and charts of the whole dataset as inline SVG: the light directions on a polar
-plot, histograms of the ambient term and of the mask coverage, the counts of the segmentation, normals and
-degradation methods, and the skip reasons of the build report (for a local folder). Nothing on the page is fetched
+plot, histograms of the key light's colour temperature, the ambient term, the exposure and the mask coverage, the
+counts of the segmentation and normals methods, light setups and degradation types, and the skip reasons of the build report (for a local folder). Nothing on the page is fetched
 from elsewhere. A ``compact`` build's ``degraded`` / ``composite`` are regenerated for the shown rows.
 """
 
@@ -24,7 +24,7 @@ from . import __version__
 
 THUMBNAIL_PX = 192
 IMAGE_ORDER = ("input", "mask", "albedo", "degraded", "composite", "normals")
-COUNTED_COLUMNS = ("segmentation_method", "normals_method", "degradation_type")
+COUNTED_COLUMNS = ("segmentation_method", "normals_method", "degradation_type", "light_setup")
 LOADED_SCRIPT = """window.addEventListener('load', () => {
   const images = [...document.images];
   const ok = images.filter(image => image.complete && image.naturalWidth > 0).length;
@@ -133,13 +133,18 @@ def render_page(rows, report: dict | None, config, count: int, seed: int, title:
                      f'{html.escape(str(row.get("instruction", "")))}<br><small>mask: '
                      f'{html.escape(str(row.get("segmentation_method", "?")))}, normals: '
                      f'{html.escape(str(row.get("normals_method", "?")))}</small></div>{thumbs}</div>')
-    scalars = rows.select_columns([name for name in ("light_direction", "ambient", "mask_coverage", *COUNTED_COLUMNS)
+    scalars = rows.select_columns([name for name in ("light_direction", "ambient", "light_kelvin", "exposure",
+                                                     "mask_coverage", *COUNTED_COLUMNS)
                                    if name in rows.column_names])
     charts = []
     if "light_direction" in scalars.column_names:
         charts.append(f"<div><h3>Light directions (centre: from the camera)</h3>{polar_svg(scalars['light_direction'])}"
                       "</div>")
-    for name, low, high in (("ambient", 0.0, 1.0), ("mask_coverage", 0.0, 1.0)):
+    if "light_kelvin" in scalars.column_names:
+        keys = [kelvins[0] for kelvins in scalars["light_kelvin"] if kelvins[0] > 0]
+        charts.append(f"<div><h3>key light colour (kelvin)</h3>"
+                      f"{histogram_svg(keys, 2000.0, 10000.0, label='key light colour')}</div>")
+    for name, low, high in (("ambient", 0.0, 1.0), ("exposure", 0.0, 4.0), ("mask_coverage", 0.0, 1.0)):
         if name in scalars.column_names:
             charts.append(f"<div><h3>{name}</h3>{histogram_svg(scalars[name], low, high, label=name)}</div>")
     tables = "".join(counts_table(name, Counter(scalars[name])) for name in COUNTED_COLUMNS

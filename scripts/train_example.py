@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from relight_datasets.relighting import LABEL_SHAPES
 from relight_datasets.transforms import Compose, PairedTransform, RelightBatch, RelightOnTheFly
 from relight_datasets.transforms.base import resolve_device
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "faces"
-COLUMNS = ["image_id", "input", "mask", "albedo", "normals", "degraded", "composite", "degradation_type",
-           "light_direction", "ambient", "degradation_params", "instruction"]
+COLUMNS = ["image_id", "input", "mask", "albedo", "normals", "degraded", "composite", *LABEL_SHAPES]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from datasets import Image as ImageFeature
-from datasets import load_dataset
+from datasets import List, Value, load_dataset
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
@@ -25,7 +25,9 @@ RESOLUTION = 256
 EXPECTED_COLUMNS = [
     "image_id", "source", "input", "mask", "albedo", "degraded", "composite", "normals", "segmentation_method",
     "segmentation_score", "mask_coverage", "normals_method", "albedo_method", "albedo_blend_ratio", "degradation_type",
-    "light_direction", "ambient", "degradation_params", "instruction", "seed",
+    "light_setup", "light_direction", "ambient", "light_directions", "light_colors", "light_kelvin",
+    "light_intensities", "sh_irradiance", "exposure", "shadow_pattern", "specular_intensity", "degradation_params",
+    "instruction", "seed",
 ]
 
 
@@ -96,6 +98,11 @@ def test_dataset_loads_with_no_script_and_matches_the_contract(built, faces_dir)
     ds = load_dataset(str(out), split="train")
     assert ds.column_names == EXPECTED_COLUMNS
     assert len(ds) == 6
+    # the light labels are numbers the Hub viewer can chart, not strings
+    assert ds.features["sh_irradiance"] == List(Value("float32"), length=27)
+    assert ds.features["light_colors"] == List(List(Value("float32"), length=3), length=3)
+    for column in ("ambient", "exposure", "specular_intensity"):
+        assert ds.features[column] == Value("float32")
     for column in ("input", "mask", "albedo", "degraded", "composite", "normals"):
         assert isinstance(ds.features[column], ImageFeature)
     expected_ids = sorted(p.name for p in faces_dir.glob("*.png"))[:6]
@@ -116,10 +123,16 @@ def test_dataset_loads_with_no_script_and_matches_the_contract(built, faces_dir)
         assert row["albedo_method"] == "retinex" and 0.15 <= row["albedo_blend_ratio"] <= 0.25
         assert row["degradation_type"] in {"soft_shading", "hard_shadow", "specular"}
         assert math.isclose(sum(v * v for v in row["light_direction"]), 1.0, rel_tol=1e-4)
-        assert row["light_direction"][2] >= math.sin(math.radians(10)) - 1e-4  # elevation in [10, 80] degrees
         params = json.loads(row["degradation_params"])
-        assert {"elevation_deg", "azimuth_deg", "pattern", "specular"} <= set(params)
-        assert row["instruction"].split(" light from ")[0] in {"soft", "directional"}
+        assert {"lights", "environment", "pattern", "specular"} <= set(params)
+        assert row["light_setup"] in {"single", "two_point", "three_point", "outdoor", "overcast", "indoor"}
+        if row["light_setup"] != "overcast":  # the key light's slot
+            assert row["light_directions"][0] == pytest.approx(row["light_direction"])
+            assert 2000 < row["light_kelvin"][0] < 8000 and row["light_intensities"][0] > 0
+            assert row["light_direction"][2] >= math.sin(math.radians(10)) - 1e-4  # elevation in [10, 80] degrees
+        assert len(row["sh_irradiance"]) == 27 and row["exposure"] > 0
+        assert row["shadow_pattern"] == (params["pattern"]["family"] if params["pattern"] else "")
+        assert " from " in row["instruction"] and "shadows" in row["instruction"]
         assert row["seed"] == 0
         # composite equals the input exactly outside the mask (background mode "original")
         outside = mask == 0
@@ -136,8 +149,10 @@ def test_build_report(built):
     report = json.loads((out / "build_report.json").read_text())
     assert report["attempted"] == 6 and report["processed"] == 6 and report["skipped"] == {}
     assert report["processed"] + sum(report["skipped"].values()) == report["attempted"]
-    assert set(report["methods"]) == {"segmentation_method", "normals_method", "albedo_method", "degradation_type"}
+    assert set(report["methods"]) == {"segmentation_method", "normals_method", "albedo_method", "degradation_type",
+                                      "light_setup"}
     assert sum(report["methods"]["degradation_type"].values()) == 6
+    assert sum(report["methods"]["light_setup"].values()) == 6
     assert {"model_load", "decode", "segmentation", "normals", "albedo", "encode", "write"} <= set(report["timings"])
     assert all(seconds >= 0 for seconds in report["timings"].values())
     assert report["version"] == "0.1.0" and len(report["config_fingerprint"]) == 16

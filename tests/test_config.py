@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from relight_datasets.config import ConfigError, config_from_dict, load_config
+from relight_datasets.config import LIGHT_SETUPS, ConfigError, config_from_dict, load_config
 
 
 def test_mvp_preset_reproduces_the_seed_values():
@@ -14,9 +14,12 @@ def test_mvp_preset_reproduces_the_seed_values():
     assert config.degradation.weights == {"soft_shading": 0.8, "hard_shadow": 0.0, "specular": 0.0}
     assert config.degradation.light.elevation_deg == (10.0, 80.0)
     assert config.degradation.light.azimuth_deg == (0.0, 360.0)
-    assert config.degradation.soft_shading.ambient == (0.6, 0.85)
+    # the seed's ambient 0.6-0.85 scaled sRGB values; the same contrast in linear light is its 2.2th power
+    assert config.degradation.soft_shading.ambient == pytest.approx((0.6**2.2, 0.85**2.2), abs=0.01)
     assert config.degradation.soft_shading.pattern.blur_kernel_px == (21.0, 51.0)
-    assert config.degradation.soft_shading.pattern.opacity == (0.35, 0.6)
+    assert config.degradation.soft_shading.pattern.families == ["clouds"]
+    assert config.degradation.light.setups == {"single": 1.0}  # one white light, as the seed
+    assert config.degradation.light.key_kelvin == (6500.0, 6500.0)
     assert config.recombination.background == "original"
     assert config.segmentation.text_prompt == "person"
 
@@ -25,7 +28,7 @@ def test_full_preset_enables_every_degradation_type():
     config = load_config("full")
     assert all(weight > 0 for weight in config.degradation.weights.values())
     assert len(config.degradation.hard_shadow.pattern.families) == 10
-    assert config.degradation.hard_shadow.pattern.blur_kernel_px == (31.0, 111.0)
+    assert {s for s, w in config.degradation.light.setups.items() if w > 0} == set(LIGHT_SETUPS) - {"environment_map"}
     assert config.degradation.specular.shininess == (10.0, 100.0)
 
 

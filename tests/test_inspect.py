@@ -64,8 +64,8 @@ def test_the_page_is_self_contained_and_shows_every_image_column(page):
     assert "http://" not in text and "https://" not in text  # nothing fetched from elsewhere
     for column in ("input", "mask", "albedo", "degraded", "composite", "normals"):  # compact: two regenerated
         assert text.count(f'alt="{column}"') == 3
-    for chart in ("light directions", "ambient", "mask_coverage", "segmentation_method", "normals_method",
-                  "skip reasons"):
+    for chart in ("light directions", "key light colour", "ambient", "exposure", "mask_coverage",
+                  "segmentation_method", "normals_method", "light_setup", "skip reasons"):
         assert chart in text
 
 

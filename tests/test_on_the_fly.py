@@ -19,7 +19,9 @@ from relight_datasets.cli import main
 from relight_datasets.config import BuildConfig, load_config
 from relight_datasets.ops.composite import background_plate, composite, feathered_alpha
 from relight_datasets.ops.normals import decode_normals, encode_normals
-from relight_datasets.relighting import draw_light, relit_foreground
+from relight_datasets.ops.color import linear_to_srgb, srgb_to_linear
+from relight_datasets.ops.sh import MIRROR_X_SIGNS
+from relight_datasets.relighting import LABEL_SHAPES, draw_light, relit_foreground
 from relight_datasets.rng import row_generator
 from relight_datasets.transforms import Compose, PairedTransform, RelightBatch, RelightOnTheFly
 from relight_datasets.transforms.base import download_images, uint8_to_unit, upload_images
@@ -79,7 +81,10 @@ def synthetic_row(size: int = 64) -> dict:
     image = np.where(inside, red, blue).astype(np.uint8)
     normals, _ = sphere_normals(size)
     light = [-0.8, 0.0, 0.6]
-    params = {"azimuth_deg": 180.0, "elevation_deg": 36.87, "exposure": 1.0, "pattern": None, "specular": None}
+    key = {"role": "key", "elevation_deg": 36.87, "azimuth_deg": 180.0, "kelvin": 6500.0, "tint": 0.0,
+           "radius_deg": 3.0}
+    params = {"lights": [key], "environment": {"kind": "room", "kelvin": 6500.0, "ceiling_gain": 1.5},
+              "pattern": None, "specular": None}
     return {
         "image_id": ["synthetic.png"],
         "input": [Image.fromarray(image)],
@@ -89,10 +94,13 @@ def synthetic_row(size: int = 64) -> dict:
         "composite": [Image.fromarray(np.where(inside, green, image).astype(np.uint8))],
         "normals": [Image.fromarray(float_to_uint8(encode_normals(normals))[0])],
         "degradation_type": ["soft_shading"],
+        "light_setup": ["single"],
         "light_direction": [light],
         "ambient": [0.7],
+        "light_directions": [[light, [0.0] * 3, [0.0] * 3]],
+        "sh_irradiance": [[float(k + 1) for k in range(27)]],
         "degradation_params": [json.dumps(params, sort_keys=True)],
-        "instruction": ["soft light from the left, gentle shadows"],
+        "instruction": ["light from the left, faint crisp shadows"],
     }
 
 
@@ -106,17 +114,17 @@ def collate(batch: dict, keys=IMAGE_KEYS) -> dict:
 
 
 def test_stored_degraded_and_composite_are_reproduced_from_the_stored_columns(built, rows):
-    """relit_foreground() on the stored uint8 albedo/normals/mask with the build's draw gives the stored degraded bit
-    for bit, and compositing it over the input gives the stored composite: the stored columns are all the on-the-fly
+    """relit_foreground() on the stored uint8 albedo/normals/mask/input with the build's draw, encoded to sRGB, gives
+    the stored degraded bit for bit, and compositing it over the input gives the stored composite: the stored columns are all the on-the-fly
     path needs."""
     _, config = built
     for row in range(3):
         albedo, normals, mask, image = (uint8_to_float([np.asarray(rows[c][row])])
                                         for c in ("albedo", "normals", "mask", "input"))
         light = draw_light(config, row_generator(config.seed, rows["image_id"][row], "degradation"))
-        degraded, _, _ = relit_foreground(albedo, decode_normals(normals), (mask > 0.5).float(), [light],
-                                          config.reference_resolution)
-        degraded_u8 = float_to_uint8(degraded)[0]
+        radiance, _ = relit_foreground(srgb_to_linear(albedo), decode_normals(normals), (mask > 0.5).float(), image,
+                                       [light], config)
+        degraded_u8 = float_to_uint8(linear_to_srgb(radiance))[0]
         np.testing.assert_array_equal(degraded_u8, np.asarray(rows["degraded"][row]))
         alpha = feathered_alpha(mask, config.recombination.feather_px * RESOLUTION / config.reference_resolution)
         result = composite(uint8_to_float([degraded_u8]), background_plate(image, "original"), alpha)
@@ -129,10 +137,11 @@ def test_epoch_zero_with_the_build_seed_reproduces_the_stored_rows(built, rows):
     for row in range(3):
         for column in ("degraded", "composite", "albedo", "input", "normals"):
             np.testing.assert_array_equal(float_to_uint8(out[column][row][None])[0], np.asarray(rows[column][row]))
-        for column in ("degradation_type", "degradation_params", "instruction"):
-            assert out[column][row] == rows[column][row]
-        np.testing.assert_allclose(out["light_direction"][row].numpy(), rows["light_direction"][row], atol=1e-6)
-        assert out["ambient"][row].item() == pytest.approx(rows["ambient"][row], abs=1e-6)
+        for column, shape in LABEL_SHAPES.items():
+            if shape is None:
+                assert out[column][row] == rows[column][row], column
+            else:  # stored as float32
+                np.testing.assert_array_equal(out[column][row].numpy(), np.float32(rows[column][row]), err_msg=column)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -188,8 +197,12 @@ def test_paired_transform_mirrors_the_lighting_metadata_on_flip():
     off = PairedTransform(32, hflip=False)(row)
     assert off["light_direction"][0] == row["light_direction"][0] and off["instruction"] == row["instruction"]
     assert on["light_direction"][0] == pytest.approx([0.8, 0.0, 0.6])
-    assert json.loads(on["degradation_params"][0])["azimuth_deg"] == pytest.approx(0.0)
-    assert "from the right" in on["instruction"][0]
+    assert on["light_directions"][0][0] == pytest.approx([0.8, 0.0, 0.6])
+    assert json.loads(on["degradation_params"][0])["lights"][0]["azimuth_deg"] == pytest.approx(0.0)
+    signs = MIRROR_X_SIGNS * 3
+    assert on["sh_irradiance"][0] == pytest.approx([s * (k + 1) for k, s in enumerate(signs)])
+    assert sum(s < 0 for s in signs) == 9  # x, xy and xz of each channel change sign
+    assert "from the right" in on["instruction"][0] and "from the left" in row["instruction"][0]
     assert on["image_id"] == row["image_id"] and on["ambient"] == row["ambient"]  # other columns pass through
 
 
@@ -279,23 +292,21 @@ def test_batched_variant_matches_the_per_row_transform(built, rows, epoch):
     per_row, batched = RelightOnTheFly(config, seed=9), RelightBatch(config, seed=9, device="cpu")
     per_row.set_epoch(epoch)
     batched.set_epoch(epoch)
-    expected = collate(per_row(cropped), (*IMAGE_KEYS, "light_direction", "ambient", "instruction",
-                                          "degradation_params", "degradation_type"))
+    expected = collate(per_row(cropped), (*IMAGE_KEYS, *LABEL_SHAPES))
     got = batched(collate(cropped))
-    for key in ("degraded", "composite", "light_direction", "ambient"):
+    for key in ("degraded", "composite", *(k for k, shape in LABEL_SHAPES.items() if shape is not None)):
         assert torch.equal(got[key], expected[key]), key
-    for key in ("instruction", "degradation_params", "degradation_type"):
+    for key in (k for k, shape in LABEL_SHAPES.items() if shape is None):
         assert got[key] == expected[key], key
     assert torch.equal(got["albedo"], expected["albedo"])  # passed through
     # uint8 batches and explicit ids work too, and give the same draws
     as_uint8 = {k: (v * 255).round().to(torch.uint8) for k, v in collate(cropped).items() if k != "image_id"}
     again = batched(as_uint8, image_ids=rows["image_id"])
 
-    def draws(params: list[str]) -> list[dict]:  # the exposure follows the (here 8-bit rounded) pixels
-        return [{k: v for k, v in json.loads(p).items() if k != "exposure"} for p in params]
-
-    assert draws(again["degradation_params"]) == draws(expected["degradation_params"])
-    torch.testing.assert_close(again["composite"], expected["composite"], atol=1 / 255 + 1e-6, rtol=0)
+    assert again["degradation_params"] == expected["degradation_params"]  # the draws; the exposure follows the pixels
+    difference = (again["composite"] - expected["composite"]).abs()
+    # 8-bit rounded inputs move the edge of a cast shadow by a pixel here and there, and nothing else
+    assert (difference > 1 / 255 + 1e-6).float().mean() < 1e-3 and difference.max() < 8 / 255
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -205,9 +205,11 @@ made to the source dataset by removing the same images here (rows are keyed by `
 
 ## Biases and limitations
 
-- The light is synthetic: one key light (and ambient) drawn at random, shadow patterns laid on the person, Lambertian
-  shading of estimated normals; no interreflection, and hair is shaded as a smooth bulge. A model trained only on
-  these pairs learns this light model.
+- The light is synthetic: one to three distant lights of drawn colour temperatures, or a procedural sky or room,
+  as second-order spherical harmonics; Lambertian shading in linear light of estimated normals, with the shadows
+  and ambient occlusion of a height field integrated from those normals, shadow patterns on the key light and a
+  Phong highlight. There is no interreflection or subsurface scattering, hair is shaded as a smooth bulge, the
+  background keeps its original light, and a model trained only on these pairs learns this light model.
 - Masks, normals and albedo are estimates: each row's `segmentation_method` and `normals_method` say what made them
   (fallbacks are weaker: `classical` masks, `mask_inflation` normals for faces that were not found), and the
   albedo keeps some of the original light (`albedo_blend_ratio`).

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from datasets import Features, Image, List, Value
 
+from ..relighting import LABEL_SHAPES
 from ..transforms.base import IMAGE_COLUMNS
 
-METHOD_COLUMNS = ("segmentation_method", "normals_method", "albedo_method", "degradation_type")
+METHOD_COLUMNS = ("segmentation_method", "normals_method", "albedo_method", "degradation_type", "light_setup")
+
+
+def _label_feature(shape: tuple[int, ...] | None):
+    """A lighting label's feature: text, a float32 scalar, or (nested) fixed-length float32 lists."""
+    if shape is None:
+        return Value("string")
+    feature = Value("float32")
+    for length in reversed(shape):
+        feature = List(feature, length=length)
+    return feature
+
 
 FEATURES = Features(
     {
@@ -19,16 +31,12 @@ FEATURES = Features(
         "normals_method": Value("string"),
         "albedo_method": Value("string"),
         "albedo_blend_ratio": Value("float32"),
-        "degradation_type": Value("string"),
-        "light_direction": List(Value("float32"), length=3),
-        "ambient": Value("float32"),
-        "degradation_params": Value("string"),
-        "instruction": Value("string"),
+        **{name: _label_feature(shape) for name, shape in LABEL_SHAPES.items()},
         "seed": Value("int64"),
     }
 )
-"""Columns of every row of a ``full`` build. ``degradation_params`` is a JSON object (its keys depend on the
-degradation type)."""
+"""Columns of every row of a ``full`` build. ``degradation_params`` is a JSON object of the drawn values no other
+column holds (each light's angles, size and tint, the environment, the pattern's geometry, the specular exponent)."""
 
 LAYOUTS = ("full", "compact")
 REGENERATED_COLUMNS = ("degraded", "composite")
@@ -57,10 +65,22 @@ COLUMN_DESCRIPTIONS = {
     "normals_method": "what produced the normals",
     "albedo_method": "retinex or lab",
     "albedo_blend_ratio": "fraction of the original image blended back into the albedo",
-    "degradation_type": "soft_shading, hard_shadow or specular",
-    "light_direction": "unit vector towards the light (x right, y up, z towards the camera)",
-    "ambient": "ambient term of the Lambertian shading",
-    "degradation_params": "JSON: elevation/azimuth in degrees, shadow pattern and specular parameters",
+    "degradation_type": "soft_shading, hard_shadow (a shadow pattern blocks the key light) or specular",
+    "light_setup": "single, two_point, three_point, outdoor (sun and sky), overcast, indoor (window and lamps) or "
+                   "environment_map",
+    "light_direction": "unit vector towards the key light (x right, y up, z towards the camera); without a key "
+                       "light, where the environment's light comes from most",
+    "ambient": "share of the environment light on a camera-facing surface (the key light has 1 - ambient)",
+    "light_directions": "3 x 3: unit vectors towards the key, fill and rim lights (zeros where absent)",
+    "light_colors": "3 x 3: linear RGB of the key, fill and rim lights (luminance 1; zeros where absent)",
+    "light_kelvin": "colour temperatures of the key, fill and rim lights in kelvin (0 where absent)",
+    "light_intensities": "irradiance of the key, fill and rim lights on a surface facing them, after exposure",
+    "sh_irradiance": "27 = 3 x 9: second-order spherical-harmonics irradiance of all the light, linear RGB after "
+                     "exposure, channel-major (docs/gallery.md gives the basis)",
+    "exposure": "factor that keeps the person's mean luminance that of the photo",
+    "shadow_pattern": "family of the shadow pattern on the key light, empty without one",
+    "specular_intensity": "strength of the specular highlight (0 without one)",
+    "degradation_params": "JSON: each light's angles, size and tint, the environment, pattern geometry, specular",
     "instruction": "plain-language description of the new light",
     "seed": "global build seed; per-row randomness derives from (seed, image_id)",
 }

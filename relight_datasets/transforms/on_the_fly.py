@@ -21,7 +21,6 @@ draws anew from the operating system's entropy.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import BuildConfig, config_from_dict, load_config
-from ..relighting import DEGRADATION_STREAM, LABEL_COLUMNS, DrawnLight, draw_light, lighting_instruction, relight
+from ..relighting import DEGRADATION_STREAM, LABEL_COLUMNS, LABEL_SHAPES, DrawnLight, draw_light, mirror_labels, relight
 from ..rng import randint, row_generator, uniform
 from .base import IMAGE_COLUMNS, resolve_device, to_uint8_array
 
@@ -127,16 +126,6 @@ def resolve_config(config: BuildConfig | str | dict | None) -> BuildConfig:
     raise TypeError(f"config must be a BuildConfig, a preset name, a dict or None, got {type(config).__name__}")
 
 
-def mirror_lighting(light: Sequence[float] | torch.Tensor, params: dict) -> tuple[list[float], dict]:
-    """Light direction and ``degradation_params`` of the horizontally mirrored image: x negated, azimuth ``a`` ->
-    ``180 - a``. (Shadow-pattern parameters describe an already rendered pattern and are left as they are.)"""
-    x, y, z = (float(v) for v in light)
-    mirrored = dict(params)
-    if mirrored.get("azimuth_deg") is not None:
-        mirrored["azimuth_deg"] = (180.0 - mirrored["azimuth_deg"]) % 360.0
-    return [-x, y, z], mirrored
-
-
 class _EpochAware:
     """Holds ``epoch`` in a one-element shared-memory tensor, so DataLoader workers, forked or spawned, see a
     :meth:`set_epoch` made in the main process after they started (``persistent_workers=True`` included). A plain
@@ -171,7 +160,7 @@ class PairedTransform(_EpochAware):
     at 0.5, so it stays aligned with the images and binary. The dataset's contract is kept on the new pixel grid:
     ``albedo`` and ``degraded`` are black outside the new mask and ``composite`` equals ``input`` there exactly.
     A flip negates the normals' x component (encoded: ``R -> 1 - R``) and mirrors the lighting metadata
-    (``light_direction`` x, the azimuth in ``degradation_params``, and the ``instruction``'s left/right) so that text
+    (x components, SH coefficients, azimuths and the ``instruction``'s left/right) so that text
     and image agree. Other columns pass through unchanged.
     """
 
@@ -251,8 +240,8 @@ class PairedTransform(_EpochAware):
             return out
         ids = _image_ids(batch, size, self.seed is not None, "PairedTransform")
         results = {name: [None] * size for name in columns}
-        mirror = {name: list(batch[name]) for name in ("light_direction", "degradation_params", "instruction")
-                  if name in batch}
+        labels = [name for name in LABEL_COLUMNS if name in batch]
+        mirror = {name: list(batch[name]) for name in labels}
         for row in range(size):
             with torch.no_grad():
                 images, flip = self._row(batch, row, columns, ids[row])
@@ -266,21 +255,11 @@ class PairedTransform(_EpochAware):
 
     @staticmethod
     def _mirror_metadata(batch: dict, row: int, mirror: dict) -> None:
-        """Mirror the lighting columns of a flipped row (those present) into ``mirror``."""
-        original = batch["light_direction"][row] if "light_direction" in batch else None
-        if original is None:
-            return
-        params_text = batch["degradation_params"][row] if "degradation_params" in batch else None
-        light, params = mirror_lighting(original, json.loads(params_text) if params_text else {})
-        if isinstance(original, torch.Tensor):
-            mirror["light_direction"][row] = torch.tensor(light, device=original.device, dtype=original.dtype)
-        else:
-            mirror["light_direction"][row] = light
-        if params_text:
-            mirror["degradation_params"][row] = json.dumps(params, sort_keys=True)
-        if params_text and "instruction" in batch and "degradation_type" in batch and "ambient" in batch:
-            mirror["instruction"][row] = lighting_instruction(batch["degradation_type"][row], light,
-                                                              float(batch["ambient"][row]), params)
+        """Mirror the lighting labels of a flipped row (those present) into ``mirror``
+        (:func:`~relight_datasets.relighting.mirror_labels`)."""
+        mirrored = mirror_labels({name: batch[name][row] for name in mirror})
+        for name, value in mirrored.items():
+            mirror[name][row] = value
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -332,8 +311,9 @@ class RelightOnTheFly(_Relighter):
     (rows are grouped by size and relit together). Runs on the CPU (meant for DataLoader workers); use
     :class:`RelightBatch` to relight collated batches on a GPU. Returns the batch with every image column as a float
     tensor (``albedo``, ``mask``, ``normals`` and ``input`` hold their original values, tensors passed in are
-    returned as they are), new ``degraded``/``composite``, ``degradation_type``, ``light_direction`` (float32
-    tensor of 3), ``ambient`` (float32 scalar tensor), ``degradation_params`` (JSON) and ``instruction``.
+    returned as they are), new ``degraded``/``composite`` and the lighting labels
+    (:data:`~relight_datasets.relighting.LABEL_SHAPES`): numeric ones as float32 tensors of their shape, text as
+    strings.
     """
 
     REQUIRED = ("albedo", "normals", "mask", "input")
@@ -363,8 +343,9 @@ class RelightOnTheFly(_Relighter):
                     new["composite"][row] = result[index]
                     for key, value in records[index].items():
                         new[key][row] = value
-        new["light_direction"] = [torch.tensor(v, device="cpu", dtype=torch.float32) for v in new["light_direction"]]
-        new["ambient"] = [torch.tensor(v, device="cpu", dtype=torch.float32) for v in new["ambient"]]
+        for name, shape in LABEL_SHAPES.items():
+            if shape is not None:
+                new[name] = [torch.tensor(v, device="cpu", dtype=torch.float32) for v in new[name]]
         out.update(new)
         return out
 
@@ -375,8 +356,8 @@ class RelightBatch(_Relighter):
     ``batch``: a dict with ``albedo``, ``normals``, ``input`` (``B x 3 x H x W``) and ``mask`` (``B x 1 x H x W``
     or ``B x H x W``) tensors, float in [0, 1] or uint8, and the rows' ``image_id`` list (or pass ``image_ids``).
     Returns a new dict: the batch with ``degraded``/``composite`` (``B x 3 x H x W`` on ``device``),
-    ``light_direction`` (``B x 3`` float32) and ``ambient`` (``B`` float32) on the CPU, and lists of
-    ``degradation_type``, ``degradation_params`` and ``instruction``: what collating :class:`RelightOnTheFly`'s rows
+    the numeric lighting labels as float32 tensors on the CPU (``light_direction`` ``B x 3``, ``ambient`` ``B``,
+    ``sh_irradiance`` ``B x 27``, ...) and the text ones as lists: what collating :class:`RelightOnTheFly`'s rows
     would give, drawn from the same ``(seed, epoch, image_id)`` streams. ``device``: None/``"auto"`` = CUDA when
     available.
     """
@@ -407,11 +388,9 @@ class RelightBatch(_Relighter):
             degraded, result, records = self.relight_tensors(albedo, normals, mask, image, ids)
         out = dict(batch)
         out["degraded"], out["composite"] = degraded, result
-        labels = {key: [r[key] for r in records] for key in ("light_direction", "ambient")}
-        out["light_direction"] = torch.tensor(labels["light_direction"], device="cpu", dtype=torch.float32)
-        out["ambient"] = torch.tensor(labels["ambient"], device="cpu", dtype=torch.float32)
-        for key in ("degradation_type", "degradation_params", "instruction"):
-            out[key] = [r[key] for r in records]
+        for name, shape in LABEL_SHAPES.items():
+            values = [record[name] for record in records]
+            out[name] = values if shape is None else torch.tensor(values, device="cpu", dtype=torch.float32)
         return out
 
 

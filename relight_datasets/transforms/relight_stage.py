@@ -12,9 +12,9 @@ from .base import DeviceBatch, Stage
 
 class RelightStage(Stage):
     """``degraded`` (the albedo relit, black outside the mask) and ``composite`` (it over the background), both
-    ``3 x H x W`` on the 8-bit grid, and the lighting labels ``degradation_type``, ``light_direction`` (x right, y up,
-    z to camera), ``ambient``, ``degradation_params`` (JSON) and ``instruction``. Each row's light is drawn from its
-    own ``(seed, image_id, "degradation")`` stream."""
+    ``3 x H x W`` on the 8-bit grid, and the lighting labels (:data:`~relight_datasets.relighting.LABEL_SHAPES`:
+    setup, each light's direction, colour and intensity, the SH irradiance, exposure, ..., and the instruction).
+    Each row's light is drawn from its own ``(seed, image_id, "degradation")`` stream."""
 
     name = "relight"
     inputs = ("input", "mask", "albedo", "normals")
