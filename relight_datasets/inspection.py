@@ -4,7 +4,8 @@ The page holds a grid of random rows (every image column as an inline JPEG thumb
 what made the mask and the normals) and charts of the whole dataset as inline SVG: the light directions on a polar
 plot, histograms of the key light's colour temperature, the ambient term, the exposure and the mask coverage, the
 counts of the segmentation and normals methods, light setups and degradation types, and the skip reasons of the
-build report (for a local folder). Nothing on the page is fetched from elsewhere. A ``compact`` build's ``degraded`` / ``composite`` are regenerated for the shown rows.
+build report (for a local folder). Nothing on the page is fetched from elsewhere. A ``compact`` build's
+``degraded`` / ``composite`` are regenerated for the shown rows.
 """
 
 from __future__ import annotations

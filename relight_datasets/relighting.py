@@ -52,7 +52,7 @@ CLEAR_SKY_KELVIN, OVERCAST_KELVIN = (9000.0, 15000.0), (6500.0, 8000.0)
 GROUND_ALBEDO, GROUND_KELVIN = (0.1, 0.35), (3500.0, 6500.0)
 WINDOW_KELVIN, WINDOW_RADIUS_DEG = (5500.0, 7500.0), (8.0, 15.0)
 WALL_KELVIN, LAMP_KELVIN = (3000.0, 4500.0), (2700.0, 3200.0)
-FILL_RADIUS_DEG, RIM_ELEVATION_DEG = 15.0, (-60.0, -20.0)
+FILL_RADIUS_DEG, RIM_ELEVATION_DEG = 15.0, (-35.0, -10.0)  # a rim light 100-125 degrees from the camera
 
 LABEL_SHAPES: dict[str, tuple[int, ...] | None] = {
     "degradation_type": None,
@@ -241,7 +241,8 @@ def _draw_setup(config: BuildConfig, generator: torch.Generator, setup: str, ele
         path = choice(generator, files)
         yaw = uniform(generator, 0.0, 360.0)
         radiance = environments.load_environment_map(str(path))
-        return 1.0, [], sh.project_radiance(radiance, yaw), {"kind": "environment_map", "file": path.name, "yaw_deg": yaw}
+        record = {"kind": "environment_map", "file": path.name, "yaw_deg": yaw}
+        return 1.0, [], sh.project_radiance(radiance, yaw), record
     raise ValueError(f"unknown light setup {setup!r} (valid: {', '.join(LIGHT_SETUPS)})")
 
 
@@ -322,7 +323,7 @@ def pattern_shadow(pattern: ShadowPattern, height: torch.Tensor, mask: torch.Ten
     field (a raised nose takes the pattern from further towards the light) and its edges soften with the distance
     from the occluder (the highest point of the person is nearest: 0.6 times the blur there, 1.4 times at the
     lowest). The blur grows with the key light's size: the drawn kernel (given at ``reference_resolution`` for an image
-    of long side ``image_side``) times ``0.5 + radius_deg / 2``, so a sun casts crisp patterns and a window soft ones."""
+    of long side ``image_side``) times ``0.5 + radius_deg / 2``: a sun casts crisp patterns, a window soft ones."""
     radius_deg, direction = key.radius_deg, key.direction
     rows, cols = height.shape[-2:]
     sharp, geometry = render_pattern(pattern.family, rows, cols, pattern.generator(), height.device)

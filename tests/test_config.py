@@ -27,7 +27,7 @@ def test_mvp_preset_reproduces_the_seed_values():
 def test_full_preset_enables_every_degradation_type():
     config = load_config("full")
     assert all(weight > 0 for weight in config.degradation.weights.values())
-    assert len(config.degradation.hard_shadow.pattern.families) == 10
+    assert len(config.degradation.hard_shadow.pattern.families) == 8  # all but voronoi and screen
     assert {s for s, w in config.degradation.light.setups.items() if w > 0} == set(LIGHT_SETUPS) - {"environment_map"}
     assert config.degradation.specular.shininess == (10.0, 100.0)
 

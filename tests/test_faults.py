@@ -188,7 +188,7 @@ def test_other_settings_are_refused_naming_the_keys_that_differ(tmp_path, faces,
     assert build(faces, out, "--seed", "9", "--set", "degradation.soft_shading.ambient=[0.5,0.6]") == 2
     line = error_line(capsys.readouterr().err)
     assert "config.seed: 0 -> 9" in line
-    assert "config.degradation.soft_shading.ambient: [0.6, 0.85] -> [0.5, 0.6]" in line
+    assert "config.degradation.soft_shading.ambient: [0.32, 0.7] -> [0.5, 0.6]" in line
 
 
 def test_a_truncated_chunk_is_redone_with_one_line(tmp_path, faces, reference, monkeypatch, caplog):

@@ -100,8 +100,8 @@ def test_fitting_the_irradiance_of_a_rendered_scene_recovers_its_coefficients():
 
 def test_6500_kelvin_is_neutral_white_and_other_temperatures_are_tinted():
     white = kelvin_to_rgb(6500.0)
-    assert max(white) - min(white) < 2e-3 and sum(c * w for c, w in zip(white, (0.2126, 0.7152, 0.0722))) == \
-        pytest.approx(1.0)
+    assert max(white) - min(white) < 2e-3
+    assert sum(c * w for c, w in zip(white, (0.2126, 0.7152, 0.0722), strict=True)) == pytest.approx(1.0)
     tungsten, daylight, sky = kelvin_to_rgb(3200.0), kelvin_to_rgb(5600.0), kelvin_to_rgb(10000.0)
     assert tungsten[0] > daylight[0] > white[0] > sky[0]  # warmer is redder
     assert tungsten[2] < daylight[2] < white[2] < sky[2]  # cooler is bluer

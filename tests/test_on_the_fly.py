@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 
 from relight_datasets.cli import main
 from relight_datasets.config import BuildConfig, load_config
+from relight_datasets.ops.color import linear_to_srgb, srgb_to_linear
 from relight_datasets.ops.composite import background_plate, composite, feathered_alpha
 from relight_datasets.ops.normals import decode_normals, encode_normals
-from relight_datasets.ops.color import linear_to_srgb, srgb_to_linear
 from relight_datasets.ops.sh import MIRROR_X_SIGNS
 from relight_datasets.relighting import LABEL_SHAPES, draw_light, relit_foreground
 from relight_datasets.rng import row_generator
@@ -115,8 +115,8 @@ def collate(batch: dict, keys=IMAGE_KEYS) -> dict:
 
 def test_stored_degraded_and_composite_are_reproduced_from_the_stored_columns(built, rows):
     """relit_foreground() on the stored uint8 albedo/normals/mask/input with the build's draw, encoded to sRGB, gives
-    the stored degraded bit for bit, and compositing it over the input gives the stored composite: the stored columns are all the on-the-fly
-    path needs."""
+    the stored degraded bit for bit, and compositing it over the input gives the stored composite: the stored columns
+    are all the on-the-fly path needs."""
     _, config = built
     for row in range(3):
         albedo, normals, mask, image = (uint8_to_float([np.asarray(rows[c][row])])

@@ -22,6 +22,7 @@ from PIL import Image
 from relight_datasets.builder.hub import PushError, push_to_hub
 from relight_datasets.builder.splits import SplitError, assign_split, parse_splits
 from relight_datasets.cli import main
+from relight_datasets.config import PRESETS
 from relight_datasets.transforms.load import ImageSkip, decode_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,7 +276,7 @@ def test_datasets_builder_produces_the_cli_rows(tmp_path, twelve_faces):
     assert build(twelve_faces, tmp_path / "cli", "--limit", "3") == 0
     builder = RelightPairs(config_name="mvp", source=str(twelve_faces), limit=3, overrides=(f"resolution={RES}",),
                            cache_dir=str(tmp_path / "cache"))
-    assert str(builder.info.version) == "0.1.0" and {c.name for c in RelightPairs.BUILDER_CONFIGS} == {"mvp", "full"}
+    assert str(builder.info.version) == "0.1.0" and {c.name for c in RelightPairs.BUILDER_CONFIGS} == set(PRESETS)
     builder.download_and_prepare()
     ds = builder.as_dataset(split="train")
     cli = load_dataset(str(tmp_path / "cli"), split="train")

@@ -6,7 +6,6 @@ Images are sRGB-encoded in [0, 1] unless a name says ``linear``; light is added 
 
 from __future__ import annotations
 
-
 import torch
 
 # sRGB (D65) -> CIE XYZ
