@@ -8,6 +8,10 @@ rows, against a stand-in for ``HfApi`` that keeps the repo's files in memory.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,11 +35,16 @@ class HubRepo:
     """Stands in for ``huggingface_hub.HfApi`` at the HTTP boundary: holds the repo's files (path -> bytes), tags and
     commits, and fails the commit tries numbered in ``failing`` (1-based, counted over the object's life) as a dead
     connection would. At every try it notes the rows of the Parquet files in the build's ``out`` folder (``local``:
-    those kept for the preview apart), then takes ``seconds``."""
+    those kept for the preview apart), then takes ``seconds``. With a ``store`` folder the files and commits persist
+    there (another process picks them up), and each try is announced in ``store/trying``."""
 
-    def __init__(self, out: Path):
-        self.out, self.files, self.tags = out, {}, {}
+    def __init__(self, out: Path, store: Path | None = None):
+        self.out, self.store, self.files, self.tags = out, store, {}, {}
         self.commits: list[dict] = []
+        if store is not None and (store / "commits.json").is_file():
+            self.commits = json.loads((store / "commits.json").read_text())
+            self.files = {path.relative_to(store / "repo").as_posix(): path.read_bytes()
+                          for path in (store / "repo").rglob("*") if path.is_file()}
         self.tries = 0
         self.failing: set[int] = set()
         self.local: list[dict] = []
@@ -68,6 +77,8 @@ class HubRepo:
         self.local.append({"rows": sum(map(rows_in, parquet)),
                            "shards": sum(path.parent.name == "data" for path in parquet),
                            "preview_rows": sum(map(rows_in, self.out.glob(".work/stream/preview/data/*.parquet")))})
+        if self.store is not None:
+            (self.store / "trying").write_text(str(self.tries))
         time.sleep(self.seconds)
         if self.tries in self.failing:
             raise ConnectionError("connection reset by peer")
@@ -78,6 +89,9 @@ class HubRepo:
         for name in deleted:
             del self.files[name]
         self.commits.append({"added": sorted(added), "deleted": deleted, "message": commit_message})
+        if self.store is not None:
+            self.dataset(self.store / "repo")
+            (self.store / "commits.json").write_text(json.dumps(self.commits))
         oid = f"c{len(self.commits)}"
         return SimpleNamespace(oid=oid, commit_url=f"https://huggingface.co/datasets/{repo_id}/commit/{oid}")
 
@@ -197,6 +211,47 @@ def test_a_build_stopped_by_a_dead_connection_resumes_without_sending_a_shard_tw
     report = json.loads((hub.dataset(tmp_path / "published") / "build_report.json").read_text())
     assert report["resumed_rows"] >= min(failing, ROWS)  # the rows finished before the stop were not computed again
     assert split_rows(tmp_path / "published") == split_rows(reference)
+
+
+KILLED_BUILD = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import transformers.utils.hub  # before the stand-in replaces HfApi
+import huggingface_hub
+from test_streaming_upload import OPTIONS, HubRepo
+from relight_datasets.cli import main
+os.environ["HF_HUB_OFFLINE"] = "0"  # conftest, imported above, set it
+hub = HubRepo(Path(sys.argv[3]), Path(sys.argv[4]))
+hub.seconds = 0.5
+huggingface_hub.HfApi = lambda: hub
+sys.exit(main(["--source", sys.argv[2], "--out", sys.argv[3], *OPTIONS, "--max-shard-size", "1KB",
+               "--push-to-hub", "org/pairs"]))
+"""
+
+
+def test_a_build_killed_during_a_commit_resumes(streamed, faces, reference, tmp_path):
+    store = tmp_path / "hub"
+    store.mkdir()
+    command = [sys.executable, "-c", KILLED_BUILD, str(Path(__file__).parent), str(faces), str(streamed.out),
+               str(store)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_TOKEN": "hf_test_token"})
+    trying = store / "trying"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (trying.is_file() and trying.read_text() == "3"):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # in the middle of the third commit
+    process.wait(timeout=30)
+    before = HubRepo(streamed.out, store)
+    assert len(before.commits) == 2 and not (streamed.out / "build_report.json").exists()
+
+    hub = streamed.hub
+    hub.files, hub.commits = before.files, list(before.commits)
+    assert streamed.build(faces) == 0
+    sent = hub.added()
+    assert len(sent) == len(set(sent)) and len([name for name in sent if name.startswith("data/")]) == ROWS
+    assert split_rows(hub.dataset(tmp_path / "published")) == split_rows(reference)
 
 
 def test_a_commit_that_fails_once_is_tried_again(streamed, faces, reference, tmp_path):
