@@ -154,19 +154,17 @@ class RowGroupWriter:
 
 class StreamUpload:
     """The streaming upload of one build (see the module notes). ``splits``: their names; ``labels``: the split of
-    each source row, in order;
-    ``fresh``: a new work folder (nothing recorded counts); ``check_stop``: raises when the build must stop (called
-    while waiting for a commit); ``api``: an ``HfApi`` (injectable for tests). Use as a context manager: leaving it
-    waits for the commit in progress and drops the queued ones."""
+    each source row, in order; ``max_bytes``: the shards' target size; ``fresh``: a new work folder (nothing recorded
+    counts); ``check_stop``: raises when the build must stop (called while waiting for a commit). Use as a context
+    manager: leaving it waits for the commit in progress and drops the queued ones."""
 
     def __init__(self, work: Path, push: PushOptions, splits: list[str], labels: list[str], chunk_size: int,
-                 max_bytes: int,
-                 min_shards: int, config: BuildConfig, fresh: bool, check_stop: Callable[[], None], api=None):
+                 max_bytes: int, min_shards: int, config: BuildConfig, fresh: bool, check_stop: Callable[[], None]):
         from huggingface_hub import HfApi
 
         self.work, self.folder, self.push, self.config = work, work / STREAM_DIR, push, config
         self.chunk_size, self.max_bytes, self.min_shards = chunk_size, max_bytes, min_shards
-        self.check_stop, self.api = check_stop, api or HfApi()
+        self.check_stop, self.api = check_stop, HfApi()
         self.chunks = -(-len(labels) // chunk_size)
         self.positions: dict[str, list[int]] = {split: [] for split in splits}
         self.ordinal: list[int] = []
@@ -324,12 +322,11 @@ class StreamUpload:
         rows = pq.ParquetFile(path).metadata.num_rows
         if rows:
             self._keep_preview_rows(shard.split, path)
-        self.write_seconds += time.perf_counter() - started
-        if not rows:  # every row of the shard was skipped: nothing to commit
+            self.pending[self.executor.submit(self._commit, shard, path, rows)] = shard
+        else:  # every row of the shard was skipped: nothing to commit
             path.unlink()
             self.record.update(lambda record: record.done.update({shard.name: {"rows": 0, "bytes": 0}}))
-            return
-        self.pending[self.executor.submit(self._commit, shard, path, rows)] = shard
+        self.write_seconds += time.perf_counter() - started
 
     def _write_shard(self, shard: Shard, path: Path) -> None:
         with RowGroupWriter(path, self.schema) as writer:
