@@ -270,3 +270,29 @@ def test_a_tagged_version_is_refused_before_any_work(streamed, faces, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "already has dataset version 0.1.0" in error
     assert streamed.hub.tries == 0 and not streamed.out.exists()
+
+
+@pytest.fixture(scope="module")
+def with_a_broken_image(tmp_path_factory, faces) -> Path:
+    folder = tmp_path_factory.mktemp("broken")
+    for path in faces.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "0001.png").write_bytes(b"not a png")  # sorts second: train or test, skipped as unreadable
+    return folder
+
+
+def test_a_shard_whose_rows_were_all_skipped_is_left_out(streamed, with_a_broken_image, tmp_path):
+    local = tmp_path / "local"
+    assert main(["--source", str(with_a_broken_image), "--out", str(local), *OPTIONS, "--max-shard-size", "1KB"]) == 0
+    assert streamed.build(with_a_broken_image) == 0
+    published = streamed.hub.dataset(tmp_path / "published")
+    report = json.loads((published / "build_report.json").read_text())
+    assert report["skipped"] == {"unreadable_image": 1} and len(report["shards"]) == ROWS
+    assert split_rows(published) == split_rows(local)
+
+
+def test_a_build_of_two_processes_streams_the_same_rows(streamed, faces, reference, tmp_path):
+    assert streamed.build(faces, "--num-processes", "2", "--device", "cpu") == 0
+    shards = [name for name in streamed.hub.added() if name.startswith("data/")]
+    assert len(shards) == len(set(shards)) == ROWS
+    assert split_rows(streamed.hub.dataset(tmp_path / "published")) == split_rows(reference)
