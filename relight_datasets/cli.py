@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "worker of a streaming reader has shards to read (default %(default)s)")
     remote = parser.add_argument_group("Hugging Face Hub")
     remote.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
-                        help="upload the finished dataset to this Hub dataset repo and tag it with the dataset version")
+                        help="upload the dataset to this Hub dataset repo while building (each shard in its own "
+                        "commit once its rows are done, so local disk holds only a few) and tag the final commit with "
+                        "the dataset version")
     remote.add_argument("--private", action="store_true", help="create the Hub repo as private")
     remote.add_argument("--license", default=None, metavar="ID",
                         help="the dataset's licence as a Hub licence id (e.g. cc-by-4.0); default: the source's when "
@@ -254,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from .builder.build import BuildOptions, build_dataset
-    from .builder.hub import check_push_target, push_to_hub
+    from .builder.hub import PushOptions, check_push_target
     from .builder.report import summary
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -280,7 +282,9 @@ def _run(args: argparse.Namespace) -> int:
                            device=args.device, overwrite=args.overwrite, progress=not args.quiet,
                            chunk_size=args.chunk_size, splits=splits, max_shard_bytes=max_shard_bytes,
                            num_processes=processes, max_error_rate=args.max_error_rate, min_shards=args.min_shards,
-                           hub_repo=args.push_to_hub)
+                           hub_repo=args.push_to_hub,
+                           push=PushOptions(args.push_to_hub, args.private, args.revision, args.force_push)
+                           if args.push_to_hub else None)
     report = build_dataset(options, config)
     if report is None:  # a non-main process of a multi-process launch: the main process reports
         return 0
@@ -290,11 +294,28 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(summary(report, args.out))
     if args.push_to_hub:
-        url = push_to_hub(args.out, args.push_to_hub, private=args.private, revision=args.revision,
-                          allow_existing_version=args.force_push)
-        print(f"relight-build: pushed to {url} (tag v{report['version']})")
+        print(f"relight-build: {_push_finished(args, report)}")
     return 0
 
+
+def _push_finished(args: argparse.Namespace, report: dict) -> str:
+    """The line saying where the build was pushed: by the streaming upload, or for a build that was already complete,
+    by uploading its folder; one whose shards went to the Hub as it ran keeps none to upload again."""
+    from .builder.hub import PushError, push_to_hub
+
+    tag = f"tag v{report['version']}"
+    if report.get("commit_url"):
+        return f"pushed to {report['commit_url']} ({tag})"
+    streamed = report.get("hub")
+    if streamed is None:
+        url = push_to_hub(args.out, args.push_to_hub, private=args.private, revision=args.revision,
+                          allow_existing_version=args.force_push)
+        return f"pushed to {url} ({tag})"
+    target = streamed["repo"] + (f" (branch {streamed['revision']})" if streamed["revision"] else "")
+    if streamed != {"repo": args.push_to_hub, "revision": args.revision}:
+        raise PushError(f"{args.out}: this build was uploaded to {target} as it ran and keeps no shards to push "
+                        "elsewhere; --overwrite rebuilds it")
+    return f"already pushed to {target} ({tag}) as it was built; nothing to push"
 
 if __name__ == "__main__":
     sys.exit(main())

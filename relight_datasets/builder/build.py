@@ -6,12 +6,17 @@ Order of a build (main process):
 2. the output lock (a second build into the same ``--out`` is refused, naming the holder);
 3. the source items and the identity of this build (settings, resolved config, exact item list); what ``--out``
    holds (:func:`~.workdir.inspect_out`: fresh, resume, already complete, or refused naming what differs);
-4. the models (a forced model that cannot load stops here), the free disk space;
+4. the models (a forced model that cannot load stops here), the free disk space; with ``--push-to-hub``, the Hub
+   repo (created if missing; an already tagged version is refused);
 5. only then the work folder: manifest, damaged chunks dropped (:func:`~.workdir.drop_damaged_chunks`), every
    unfinished chunk processed (:mod:`.launcher`), each stored atomically with its checksum;
 6. the verdict (:func:`~.report.build_failure`: nothing processed, or too many processing errors: exit 1, nothing
    published); the shards, preview, card and report assembled in ``.work/staging`` and moved into ``--out``
    (:func:`~.workdir.publish`), so a previous build is replaced only by a complete one.
+
+With ``--push-to-hub`` (``options.push``) the shards are not kept: each is committed to the Hub as soon as its rows
+are finished, while later chunks are processed (:mod:`.stream`, which also says how much disk that needs and how it
+resumes), and the card, preview and report go up in a final, tagged commit; ``--out`` keeps those three files.
 
 Re-running the same command after a crash, ``kill -9``, a full disk or Ctrl-C resumes: finished chunks are kept and
 the result is row for row that of an uninterrupted build. Output folder::
@@ -27,6 +32,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,6 +43,7 @@ from ..config import BuildConfig
 from ..transforms.base import resolve_device
 from .card import build_card
 from .chunks import RowCache
+from .hub import PushOptions
 from .launcher import SOURCE_ROWS, ChunkJob, Rank, WorkerFailed, current_rank, process_chunks, run_spawned
 from .pipeline import PROCESSING_ERROR
 from .preview import write_preview
@@ -44,6 +51,8 @@ from .report import build_failure, counts_part, merge_stats
 from .shards import write_shards
 from .signals import StopSignals
 from .sources import SourceRows, check_source, open_source
+from .splits import assign_split
+from .stream import PENDING, StreamUpload
 from .workdir import (
     MANIFEST,
     REPORT,
@@ -100,6 +109,9 @@ class BuildOptions:
     """Largest share of attempted rows that may fail with ``processing_error`` before the build fails."""
     hub_repo: str | None = None
     """The Hub repo the dataset goes to (``--push-to-hub``): the card's snippets and name use it."""
+    push: PushOptions | None = None
+    """Upload the shards to the Hub while building (:mod:`.stream`); the local folder then keeps the card, preview
+    and report only."""
 
 
 def build_dataset(options: BuildOptions, config: BuildConfig) -> dict | None:
@@ -148,8 +160,14 @@ def _follow(job: ChunkJob, rank: Rank, stop: StopSignals) -> None:
     rank.wait()
 
 
-def _check_disk_space(out: Path, rows: int, config: BuildConfig) -> None:
-    needed = 2 * rows * config.resolution**2 * BYTES_PER_PIXEL[config.output.image_format]
+def _check_disk_space(out: Path, rows: int, config: BuildConfig, options: BuildOptions) -> None:
+    """Refuse a build whose estimated bytes (chunks and shards; a streaming upload's bound) exceed the free space."""
+    row_bytes = config.resolution**2 * BYTES_PER_PIXEL[config.output.image_format]
+    needed = 2 * rows * row_bytes
+    if options.push is not None:
+        bound = ((len(options.splits) + 2 * PENDING) * options.max_shard_bytes
+                 + (options.num_processes + 2) * options.chunk_size * row_bytes)
+        needed = min(needed, bound)
     free = shutil.disk_usage(out).free
     if free < needed:
         raise OutputError(f"--out {out}: about {needed / 1e9:.1f} GB needed for {rows} rows at {config.resolution} "
@@ -176,34 +194,48 @@ def _build_locked(options: BuildOptions, config: BuildConfig, job: ChunkJob, ran
         job = replace(job, cache=RowCache(out / "data", {item["image_id"]: item["reason"]
                                                         for item in previous.get("skipped_rows", [])
                                                         if item["reason"] != PROCESSING_ERROR}))
+    stream = _stream_upload(options, config, rows["image_id"], state == "resume", stop) if options.push else None
     processor = job.processor(rank)
     chunks = -(-len(rows) // options.chunk_size)
     if state == "resume":
-        drop_damaged_chunks(work, chunks)
+        drop_damaged_chunks(work, chunks, stream.absorbed if stream is not None else frozenset())
     done = [i for i in range(chunks) if chunk_paths(work, i)[1].is_file()] if state == "resume" else []
     resumed_rows = sum(read_json(chunk_paths(work, i)[1])["attempted"] for i in done)
-    _check_disk_space(out, len(rows) - resumed_rows, config)
+    _check_disk_space(out, len(rows) - resumed_rows, config, options)
+    if stream is not None:
+        stream.prepare()  # creates the repo: after every check
     try:
         start_work(work, identity, source_ids, __version__, fresh=state in ("fresh", "extend"))
         if rank.count > 1 or options.num_processes > 1:
             rows.save_to_disk(str(work / SOURCE_ROWS))
         rank.wait()
-        with tqdm(total=len(rows), initial=resumed_rows, unit="img", desc="Relighting", disable=not options.progress,
-                  dynamic_ncols=True) as bar:
-            if options.num_processes > 1 and rank.count == 1:
-                run_spawned(job, processor, rows, options.num_processes, stop, bar)
-            else:
-                process_chunks(job, processor, rows, rank, stop, bar)
-        rank.wait()
-        stop.check()
-        return _finish(options, config, source, identity, processor, rank, chunks, set(done), started)
+        with stream if stream is not None else nullcontext():
+            on_chunk = stream.step if stream is not None else None
+            with tqdm(total=len(rows), initial=resumed_rows, unit="img", desc="Relighting",
+                      disable=not options.progress, dynamic_ncols=True) as bar:
+                if options.num_processes > 1 and rank.count == 1:
+                    run_spawned(job, processor, rows, options.num_processes, stop, bar, on_chunk)
+                else:
+                    process_chunks(job, processor, rows, rank, stop, bar, on_chunk)
+            rank.wait()
+            stop.check()
+            return _finish(options, config, source, identity, processor, rank, chunks, set(done), started, stream)
     except OSError as error:
         raise OutputError(describe_os_error(error, f"writing into {out}")) from error
 
 
+def _stream_upload(options: BuildOptions, config: BuildConfig, image_ids: list[str], resuming: bool,
+                   stop: StopSignals) -> StreamUpload:
+    labels = [assign_split(image_id, options.splits) for image_id in image_ids]
+    return StreamUpload(Path(options.out) / WORK_DIR, options.push, list(options.splits), labels, options.chunk_size,
+                        options.max_shard_bytes, options.min_shards, config, fresh=not resuming,
+                        check_stop=stop.check)
+
+
 def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, identity: dict, processor, rank: Rank,
-            chunks: int, resumed: set[int], started: float) -> dict:
-    """Merge the chunk stats, judge the build, and publish the dataset (see the module notes)."""
+            chunks: int, resumed: set[int], started: float, stream: StreamUpload | None) -> dict:
+    """Merge the chunk stats, judge the build, and publish the dataset (see the module notes); with ``stream``, the
+    shards go to the Hub and the card, preview and report follow them in a final, tagged commit."""
     out, work = Path(options.out), Path(options.out) / WORK_DIR
     stats = [read_json(chunk_paths(work, i)[1]) for i in range(chunks)]
     merged = merge_stats(stats, source.skipped)
@@ -237,12 +269,18 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
     staging = work / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    shards = write_shards([chunk_paths(work, i)[0] for i in range(chunks)], staging / "data", report["splits"],
-                          options.max_shard_bytes, config.output.layout, options.min_shards)
-    stored_bytes = sum(shard["bytes"] for shard in shards)
-    write_seconds = time.perf_counter() - write_started
     first_split = next(name for name, count in report["splits"].items() if count)
-    write_preview(staging, first_split, config.output.preview_rows, config)
+    if stream is not None:
+        shards = stream.upload_shards()
+        write_seconds = stream.write_seconds
+        stream.write_preview(staging, first_split)
+        report["hub"] = {"repo": options.push.repo_id, "revision": options.push.revision}
+    else:
+        shards = write_shards([chunk_paths(work, i)[0] for i in range(chunks)], staging / "data", report["splits"],
+                              options.max_shard_bytes, config.output.layout, options.min_shards)
+        write_seconds = time.perf_counter() - write_started
+        write_preview(staging, first_split, config.output.preview_rows, config)
+    stored_bytes = sum(shard["bytes"] for shard in shards)
     wall = time.perf_counter() - started
     report.update(
         timings={"model_load": round(processor.setup_seconds, 3),
@@ -255,6 +293,7 @@ def _finish(options: BuildOptions, config: BuildConfig, source: SourceRows, iden
     )
     build_card(config, report, options.hub_repo).save(staging / "README.md")
     write_json(staging / REPORT, report)
+    commit_url = stream.commit_final(staging, report) if stream is not None else None
     publish(out, staging)
     shutil.rmtree(work, ignore_errors=True)
-    return report
+    return {**report, "commit_url": commit_url} if commit_url else report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -101,9 +102,10 @@ class Progress:
 
 
 def process_chunks(job: ChunkJob, processor: ChunkProcessor, rows, rank: Rank, stop: StopSignals,
-                   progress=None) -> None:
+                   progress=None, on_chunk: Callable[[], None] | None = None) -> None:
     """Process this rank's unfinished chunks of ``rows`` (every ``rank.count``-th, from ``rank.index``) into the
-    work folder. Each chunk's stats record its Parquet file's size and checksum."""
+    work folder. Each chunk's stats record its Parquet file's size and checksum; ``on_chunk()`` runs after each
+    chunk is stored (the streaming upload's turn)."""
     chunks = -(-len(rows) // job.chunk_size)
     mine = [i for i in range(rank.index, chunks, rank.count) if not chunk_paths(job.work, i)[1].is_file()]
     if progress is not None:
@@ -120,6 +122,8 @@ def process_chunks(job: ChunkJob, processor: ChunkProcessor, rows, rank: Rank, s
         write_atomic(table_path, lambda tmp, t=table: pq.write_table(t, tmp, row_group_size=ROW_GROUP_ROWS))
         stats.update(bytes=table_path.stat().st_size, digest=file_digest(table_path))
         write_json(stats_path, stats)
+        if on_chunk is not None:
+            on_chunk()
 
 
 def _spawned_worker(job: ChunkJob, index: int, count: int) -> None:
@@ -139,9 +143,11 @@ def _spawned_worker(job: ChunkJob, index: int, count: int) -> None:
             sys.exit(interrupted.exit_code)
 
 
-def run_spawned(job: ChunkJob, processor: ChunkProcessor, rows, count: int, stop: StopSignals, progress) -> None:
+def run_spawned(job: ChunkJob, processor: ChunkProcessor, rows, count: int, stop: StopSignals, progress,
+                on_chunk: Callable[[], None] | None = None) -> None:
     """Rank 0 here (with ``processor``), ranks 1..count-1 in spawned processes reading the rows saved in the work
-    folder. Raises :class:`WorkerFailed` if a worker fails, :class:`BuildInterrupted` if this process was stopped
+    folder; ``on_chunk()`` after each chunk of rank 0 and every half second while the others finish. Raises
+    :class:`WorkerFailed` if a worker fails, :class:`BuildInterrupted` if this process was stopped
     (the workers are stopped too)."""
     import multiprocessing
 
@@ -154,10 +160,12 @@ def run_spawned(job: ChunkJob, processor: ChunkProcessor, rows, count: int, stop
         worker.start()
     try:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
-        process_chunks(job, processor, rows, Rank(0, count, 0), stop, progress)
+        process_chunks(job, processor, rows, Rank(0, count, 0), stop, progress, on_chunk)
         for worker in workers:
             while worker.is_alive() and stop.signum is None:
                 worker.join(0.5)
+                if on_chunk is not None:
+                    on_chunk()
     finally:
         for worker in workers:
             if worker.is_alive():

@@ -94,8 +94,12 @@ def summary(report: dict, out: Path) -> str:
     resumed = f", {report['resumed_rows']} resumed from an earlier run" if report["resumed_rows"] else ""
     if report.get("reused_rows"):
         resumed += f", {report['reused_rows']} reused from the build it extends"
+    where = (f"dataset written to {out.resolve()} (load it with datasets.load_dataset({str(out)!r}))"
+             if report.get("hub") is None else
+             f"dataset uploaded to {report['hub']['repo']} as it was built (load it with datasets.load_dataset("
+             f"{report['hub']['repo']!r})); {out.resolve()} keeps its card, preview and report")
     return (f"relight-build: {report['processed']} of {report['attempted']} images processed ({skip_text(report)}; "
             f"splits: {splits}{empty}{resumed}) in {report['wall_seconds']:.1f} s, "
             f"{report['images_per_second']:.2f} images/s on {report['device']}; "
             f"{report['bytes_per_row'] / 1e3:.0f} kB per row ({report['layout']} layout), {sizes_text(report)}\n"
-            f"relight-build: dataset written to {out.resolve()} (load it with datasets.load_dataset({str(out)!r}))")
+            f"relight-build: {where}")

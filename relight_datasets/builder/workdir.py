@@ -261,10 +261,13 @@ def chunk_problem(work: Path, index: int) -> str | None:
     return None
 
 
-def drop_damaged_chunks(work: Path, chunks: int) -> None:
-    """Remove every finished chunk that fails :func:`chunk_problem` (one log line each), so that it is redone."""
+def drop_damaged_chunks(work: Path, chunks: int, absorbed: set[int] = frozenset()) -> None:
+    """Remove every finished chunk that fails :func:`chunk_problem` (one log line each), so that it is redone.
+    ``absorbed``: chunks whose rows a streaming upload holds elsewhere (their Parquet files are gone by design)."""
     for index in range(chunks):
         table_path, stats_path = chunk_paths(work, index)
+        if index in absorbed and read_json(stats_path) is not None:
+            continue
         if stats_path.exists() and (problem := chunk_problem(work, index)):
             logger.warning("chunk %d: %s; redoing it", index, problem)
             stats_path.unlink()
