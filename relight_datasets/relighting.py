@@ -54,6 +54,10 @@ WINDOW_KELVIN, WINDOW_RADIUS_DEG = (5500.0, 7500.0), (8.0, 15.0)
 WALL_KELVIN, LAMP_KELVIN = (3000.0, 4500.0), (2700.0, 3200.0)
 FILL_RADIUS_DEG, RIM_ELEVATION_DEG = 15.0, (-35.0, -10.0)  # a rim light 100-125 degrees from the camera
 
+OCCLUDER_DISTANCE = {"foliage": 4.0, "perlin_noise": 2.0}
+"""How much farther than a blind, a fence or a window frame a pattern's occluder stands (leaves overhead): its
+shadow's edges blur that much more under the same light."""
+
 LABEL_SHAPES: dict[str, tuple[int, ...] | None] = {
     "degradation_type": None,
     "light_setup": None,
@@ -323,7 +327,8 @@ def pattern_shadow(pattern: ShadowPattern, height: torch.Tensor, mask: torch.Ten
     field (a raised nose takes the pattern from further towards the light) and its edges soften with the distance
     from the occluder (the highest point of the person is nearest: 0.6 times the blur there, 1.4 times at the
     lowest). The blur grows with the key light's size: the drawn kernel (given at ``reference_resolution`` for an image
-    of long side ``image_side``) times ``0.5 + radius_deg / 2``: a sun casts crisp patterns, a window soft ones."""
+    of long side ``image_side``) times ``0.5 + radius_deg / 2``, so a sun casts crisp patterns and a window soft ones,
+    and times the family's :data:`OCCLUDER_DISTANCE` (sunlight through leaves overhead makes soft dapples)."""
     radius_deg, direction = key.radius_deg, key.direction
     rows, cols = height.shape[-2:]
     sharp, geometry = render_pattern(pattern.family, rows, cols, pattern.generator(), height.device)
@@ -331,7 +336,8 @@ def pattern_shadow(pattern: ShadowPattern, height: torch.Tensor, mask: torch.Ten
     params = {"family": pattern.family, "blur_kernel_px": pattern.blur_kernel_px, "opacity": pattern.opacity,
               "blend_softness": pattern.softness, **{k: v for k, v in geometry.items() if k != "family"}}
     softness = pattern.softness
-    kernel = pattern.blur_kernel_px * image_side / reference_resolution * (0.5 + radius_deg / 2)
+    distance_factor = OCCLUDER_DISTANCE.get(pattern.family, 1.0)
+    kernel = pattern.blur_kernel_px * image_side / reference_resolution * (0.5 + radius_deg / 2) * distance_factor
     sigma = kernel_size_to_sigma(kernel) * max(rows, cols) / image_side
     inside = mask > 0.5
     top = torch.where(inside, height, -torch.inf).amax()

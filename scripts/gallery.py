@@ -73,7 +73,7 @@ def main() -> None:
     if args.stored:
         stored = {"degraded": [to_tensor(v) for v in data["degraded"]],
                   "composite": [to_tensor(v) for v in data["composite"]], "instruction": data["instruction"]}
-        sheet(rows, stored, args.side).save(args.out / f"{args.stored}.jpg", quality=85)
+        sheet(rows, stored, args.side).save(args.out / f"{args.stored}.jpg", quality=80)
         return
     seed = int(data["seed"][0])
     jobs = [(f"preset-{name}", load_config(name)) for name in PRESETS]
@@ -87,7 +87,7 @@ def main() -> None:
     batch = {name: torch.stack(rows[name]) for name in ("input", "mask", "albedo", "normals")}
     for name, config in jobs:
         relit = RelightBatch(config, seed=seed, device="cpu")(batch, image_ids=rows["image_id"])
-        sheet(rows, relit, args.side).save(args.out / f"{name}.jpg", quality=85)
+        sheet(rows, relit, args.side).save(args.out / f"{name}.jpg", quality=80)
         print(f"{args.out / name}.jpg")
 
 
