@@ -73,6 +73,20 @@ def _blur_sum(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return flat.reshape(b, c, h, w)
 
 
+def _border_weights(height: int, width: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """``1 x 1 x H x W``: the Gaussian weights that fall inside a ``height x width`` image around each pixel (what
+    :func:`_blur_sum` of a plane of ones gives), as the outer product of the two 1-D sums; ``like``'s device and
+    dtype."""
+    taps = _gaussian_taps(sigma, str(like.device), like.dtype)
+    radius = (taps.numel() - 1) // 2
+
+    def sums(length: int) -> torch.Tensor:
+        ones = torch.ones(1, 1, length, device=like.device, dtype=like.dtype)
+        return F.conv1d(ones, taps.view(1, 1, -1), padding=radius).view(length)
+
+    return (sums(height)[:, None] * sums(width)[None, :]).view(1, 1, height, width)
+
+
 def _spline_upsample(coarse: torch.Tensor, factor: int, dim: int) -> torch.Tensor:
     """Cubic B-spline upsampling by ``factor`` along ``dim`` (-2: H, -1: W) of ``B x C x H x W``, whose ``n + 2
     reach`` cells along ``dim`` are the coarse values with ``reach`` extra cells on each side; ``n factor`` out.
@@ -122,6 +136,8 @@ def gaussian_blur(image: torch.Tensor, sigma: float, mask: torch.Tensor | None =
         return image.clone()
     _, _, h, w = image.shape
     factor = _downsample_factor(sigma, h, w)
+    if mask is None and factor == 1:  # the weights' sum is separable: two 1-D sums instead of a blurred plane
+        return _blur_sum(image, sigma) / _border_weights(h, w, sigma, image)
     weights = torch.ones_like(image[:, :1]) if mask is None else mask.to(image.dtype)
     stacked = torch.cat([image * weights, weights], dim=1)
     summed = _blur_sum(stacked, sigma) if factor == 1 else _coarse_blur_sum(stacked, sigma, factor)
