@@ -353,6 +353,20 @@ def test_environment_maps_from_a_folder_light_the_scene(tmp_path):
     assert coefficients[0, 0] > coefficients[2, 0]  # warm
 
 
+def test_openexr_maps_are_read_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENCV_IO_ENABLE_OPENEXR", "1")  # OpenCV writes EXR only when asked to
+    radiance = np.full((16, 32, 3), 0.5, np.float32)
+    radiance[3, 5] = (20.0, 10.0, 5.0)
+    assert cv2.imwrite(str(tmp_path / "studio.exr"), radiance)
+    write_hdr(tmp_path / "sunset.hdr", (6, 10))
+    assert [p.name for p in environments.environment_maps_in(tmp_path)] == ["studio.exr", "sunset.hdr"]
+    loaded = environments.load_environment_map(str(tmp_path / "studio.exr"))
+    assert loaded.shape == (environments.MAP_HEIGHT, environments.MAP_WIDTH, 3)
+    # area averaging keeps the energy: the mean radiance is the file's (BGR in the file, RGB here)
+    expected = radiance[..., ::-1].reshape(-1, 3).mean(0)
+    assert loaded.reshape(-1, 3).mean(0).numpy() == pytest.approx(expected, rel=1e-4)
+
+
 def test_environment_map_problems_are_one_line_config_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
