@@ -289,6 +289,8 @@ OP_CASES = {
     "normals.normals_from_depth": lambda x: [normals.normals_from_depth(x["depth"], closer, 0.5)
                                              for closer in (True, False)],
     "normals.normals_from_mask": lambda x: normals.normals_from_mask(x["mask"]),
+    "normals.facing_camera": lambda x: normals.facing_camera(x["normals"] * torch.tensor(
+        [1.0, 1.0, -1.0], device="cpu", dtype=torch.float32).view(1, 3, 1, 1)),
     "normals.encode_normals": lambda x: normals.encode_normals(x["normals"]),
     "normals.decode_normals": lambda x: normals.decode_normals(normals.encode_normals(x["normals"])),
     "patterns.render_pattern": lambda x: [patterns.render_pattern(family, 36, 28, rng.row_generator(1, "p", family))
