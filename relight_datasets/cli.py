@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import PRESETS, ConfigError, load_config
+from .transforms.albedo import ALBEDO_METHODS
 from .transforms.normals import NORMAL_ESTIMATORS
 from .transforms.segmentation import SEGMENTERS
 
@@ -38,10 +39,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normals", choices=NORMAL_ESTIMATORS, default=None,
                         help="auto: faces from the shipped face mesh, the rest from depth when its model loads, "
                         "else from the mask; face_mesh: face mesh over mask normals; depth / classical: only depth / "
-                        "mask normals (config: normals.method, default auto)")
+                        "mask normals; marigold: face mesh over Marigold normals, needs diffusers (config: "
+                        "normals.method, default auto)")
     parser.add_argument("--depth-model", default=None, metavar="ID_OR_DIR",
                         help="depth checkpoint for AutoModelForDepthEstimation (config: normals.depth_model, default "
                         "depth-anything/Depth-Anything-V2-Small-hf)")
+    parser.add_argument("--normals-model", default=None, metavar="ID_OR_DIR",
+                        help="MarigoldNormalsPipeline checkpoint for --normals marigold (config: "
+                        "normals.normals_model, default prs-eth/marigold-normals-v1-1)")
+    parser.add_argument("--albedo", choices=ALBEDO_METHODS, default=None,
+                        help="retinex / lab: weight-free; intrinsic: an intrinsic-image model (Marigold, needs "
+                        "diffusers), exit 2 when it cannot load; auto: intrinsic when its model loads, else retinex "
+                        "(config: albedo.method, default retinex)")
+    parser.add_argument("--albedo-model", default=None, metavar="ID_OR_DIR",
+                        help="MarigoldIntrinsicsPipeline checkpoint (config: albedo.intrinsic_model, default "
+                        "prs-eth/marigold-iid-appearance-v1-1)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
                         help="model weights and activations; auto = bfloat16 on CUDA, float32 on CPU (config: dtype)")
 
@@ -50,7 +62,9 @@ def model_overrides(args: argparse.Namespace) -> dict[str, object]:
     """Config keys set by :func:`add_model_arguments` flags (None: flag not given)."""
     return {"dtype": args.dtype, "segmentation.method": args.segmenter, "segmentation.sam3_model": args.sam3_model,
             "segmentation.sam2_model": args.sam2_model, "segmentation.detector_model": args.detector_model,
-            "normals.method": args.normals, "normals.depth_model": args.depth_model}
+            "normals.method": args.normals, "normals.depth_model": args.depth_model,
+            "normals.normals_model": args.normals_model, "albedo.method": args.albedo,
+            "albedo.intrinsic_model": args.albedo_model}
 
 
 def as_overrides(pairs: dict[str, object]) -> list[str]:
@@ -276,7 +290,10 @@ def _run(args: argparse.Namespace) -> int:
         import datasets
         from transformers.utils import logging as transformers_logging
 
+        from .models.loading import disable_diffusers_progress_bars
+
         transformers_logging.disable_progress_bar()  # "Loading weights" bars
+        disable_diffusers_progress_bars()  # "Loading pipeline components" bars
         datasets.disable_progress_bars()  # "Saving the dataset" of a multi-process build
     options = BuildOptions(source=args.source, out=args.out, limit=args.limit, batch_size=args.batch_size,
                            device=args.device, overwrite=args.overwrite, progress=not args.quiet,

@@ -58,7 +58,10 @@ class SegmentationConfig:
 
 @dataclass
 class AlbedoConfig:
-    method: Literal["retinex", "lab"] = "retinex"
+    method: Literal["retinex", "lab", "intrinsic", "auto"] = "retinex"
+    intrinsic_model: str = "prs-eth/marigold-iid-appearance-v1-1"  # a MarigoldIntrinsicsPipeline checkpoint
+    intrinsic_steps: int = 4  # denoising steps of the intrinsic model
+    intrinsic_ensemble: int = 1  # predictions per image, combined by the pipeline (median)
     retinex_color: Literal["luminance", "channels"] = "luminance"
     retinex_scales: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0])
     robust_tau: float = 0.3  # log-intensity spread of one material: farther pixels hardly count in the surround
@@ -72,8 +75,11 @@ class AlbedoConfig:
 
 @dataclass
 class NormalsConfig:
-    method: Literal["auto", "face_mesh", "depth", "classical"] = "auto"
+    method: Literal["auto", "face_mesh", "depth", "classical", "marigold"] = "auto"
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    normals_model: str = "prs-eth/marigold-normals-v1-1"  # a MarigoldNormalsPipeline checkpoint (method marigold)
+    normals_steps: int = 4  # denoising steps of the normals model
+    normals_ensemble: int = 1  # predictions per image, combined by the pipeline (closest to their mean)
     depth_relief: float = 0.5
     inflation_sigma: float = 0.12
     edge_tilt_deg: float = 70.0
@@ -292,10 +298,16 @@ def validate(config: BuildConfig) -> BuildConfig:
         raise ConfigError(f"segmentation.max_people: must be at least 1, got {seg.max_people}")
     if not seg.text_prompt.strip():
         raise ConfigError("segmentation.text_prompt: must not be empty")
-    for key in ("sam3_model", "sam2_model", "normals.depth_model"):
-        section, name = ("normals", "depth_model") if key.startswith("normals.") else ("segmentation", key)
+    for key in ("segmentation.sam3_model", "segmentation.sam2_model", "normals.depth_model", "normals.normals_model",
+                "albedo.intrinsic_model"):
+        section, name = key.split(".")
         if not getattr(getattr(config, section), name).strip():
-            raise ConfigError(f"{section}.{name}: must name a Hub model id or a local folder")
+            raise ConfigError(f"{key}: must name a Hub model id or a local folder")
+    for key in ("albedo.intrinsic_steps", "albedo.intrinsic_ensemble", "normals.normals_steps",
+                "normals.normals_ensemble"):
+        section, name = key.split(".")
+        if not 1 <= getattr(getattr(config, section), name) <= 50:
+            raise ConfigError(f"{key}: must be 1 to 50, got {getattr(getattr(config, section), name)}")
     _check_unit_range("normals.depth_relief", config.normals.depth_relief, 0.01, 4.0)
     _check_unit_range("normals.face_smoothing", config.normals.face_smoothing, 0.0, 0.2)
     _check_unit_range("normals.face_feather", config.normals.face_feather, 0.0, 0.5)

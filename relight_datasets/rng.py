@@ -26,6 +26,12 @@ def row_generator(seed: int, image_id: str, stream: str) -> torch.Generator:
     return generator
 
 
+def noise_generators(seed: int, image_ids: list[str], stream: str, members: int) -> list[torch.Generator]:
+    """One generator per row and ensemble member, row-major (the order a Marigold pipeline draws its starting noise
+    in), for the streams ``"<stream>:<member>"``: a row's noise depends neither on its batch nor on the device."""
+    return [row_generator(seed, image_id, f"{stream}:{member}") for image_id in image_ids for member in range(members)]
+
+
 def uniform(generator: torch.Generator, low: float, high: float) -> float:
     """One float drawn uniformly from ``[low, high)``."""
     return low + (high - low) * torch.rand((), generator=generator, device="cpu", dtype=torch.float64).item()

@@ -1,8 +1,10 @@
 """Tiny, randomly initialised model checkpoints for offline tests and smoke runs.
 
 ``python -m relight_datasets.testing make-tiny-checkpoints DIR`` writes one ``save_pretrained`` folder per model
-family (SAM3, SAM2, Grounding DINO, Depth Anything, DPT), each with its processor, 0.5-1.5 MB each. Weights are
-random but deterministic (seeded before each construction), so outputs are meaningless yet reproducible.
+family (SAM3, SAM2, Grounding DINO, Depth Anything, DPT), each with its processor, 0.5-1.5 MB each, and two complete
+``diffusers`` Marigold pipelines (intrinsic image decomposition and surface normals: UNet, VAE, CLIP text encoder and
+tokenizer, DDIM scheduler), about 1.3 MB each. Weights are random but deterministic (seeded before each
+construction), so outputs are meaningless yet reproducible.
 """
 
 from __future__ import annotations
@@ -239,6 +241,85 @@ def make_tiny_dpt(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
     return _save(path, seed, lambda: DPTForDepthEstimation(config), image_processor)
 
 
+MARIGOLD_APPEARANCE_TARGETS = {
+    "target_names": ["albedo", "material"],
+    "albedo": {"prediction_space": "srgb"},
+    "material": {"prediction_space": "stack", "sub_target_names": ["roughness", "metallicity", None]},
+    "roughness": {"prediction_space": "linear"},
+    "metallicity": {"prediction_space": "linear"},
+}
+"""``target_properties`` of an appearance-style intrinsics checkpoint: sRGB albedo, then a stack of material maps."""
+
+
+def _marigold_components(targets: int, tiny: bool = True) -> dict:
+    """UNet (image latent + ``targets`` prediction latents in, ``targets`` out), VAE, CLIP text encoder and
+    tokenizer, and a DDIM scheduler with trailing timesteps, for a Marigold pipeline. ``tiny``: a few hundred
+    thousand parameters; else Stable Diffusion 2's architecture, from which the Marigold checkpoints are fine-tuned
+    (UNet 866 M, VAE 84 M, OpenCLIP-H text encoder 340 M parameters)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _clip_tokenizer()
+    tokenizer.model_max_length = 77  # the pipelines tokenize "" with truncation to this length
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    if tiny:
+        unet = {"sample_size": 16, "layers_per_block": 1, "block_out_channels": (16, 32), "norm_num_groups": 8,
+                "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "cross_attention_dim": 32,
+                "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "attention_head_dim": 4}
+        vae = {"block_out_channels": (8, 16, 16), "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64}
+        text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                              num_attention_heads=4, **special)
+    else:
+        unet = {"sample_size": 96, "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 1024,
+                "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True,
+                "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3}
+        vae = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "sample_size": 768}
+        text = CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                              num_attention_heads=16, projection_dim=512, hidden_act="gelu", **special)
+    blocks = len(vae["block_out_channels"])
+    return {
+        "unet": lambda: UNet2DConditionModel(in_channels=4 * (1 + targets), out_channels=4 * targets, **unet),
+        "vae": lambda: AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * blocks, latent_channels=4,
+                                     up_block_types=("UpDecoderBlock2D",) * blocks, **vae),
+        "text_encoder": lambda: CLIPTextModel(text),
+        "tokenizer": tokenizer,
+        "scheduler": DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing",
+                                   prediction_type="v_prediction"),
+    }
+
+
+def _save_marigold(path: str | Path, seed: int, pipeline_class: str, targets: int, tiny: bool,
+                   dtype: torch.dtype = torch.float32, **settings) -> Path:
+    """Seed, build each network of a Marigold pipeline (in that order), and ``save_pretrained`` the pipeline."""
+    import diffusers
+
+    path = Path(path)
+    parts = _marigold_components(targets, tiny)
+    torch.manual_seed(seed)
+    # torch's own ``to``: diffusers' override warns about modules to keep in float32, which these have none of
+    networks = {name: torch.nn.Module.to(parts[name]().eval(), dtype) for name in ("unet", "vae", "text_encoder")}
+    pipeline = getattr(diffusers, pipeline_class)(**networks, tokenizer=parts["tokenizer"],
+                                                  scheduler=parts["scheduler"], **settings)
+    pipeline.save_pretrained(path)
+    return path
+
+
+def make_tiny_intrinsics(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny ``MarigoldIntrinsicsPipeline`` (albedo + material, 64 px processing, 4 steps) to ``path``."""
+    return _save_marigold(path, seed, "MarigoldIntrinsicsPipeline", targets=2, tiny=True, prediction_type="intrinsics",
+                          target_properties=MARIGOLD_APPEARANCE_TARGETS, default_denoising_steps=4,
+                          default_processing_resolution=64)
+
+
+def make_tiny_surface_normals(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny ``MarigoldNormalsPipeline`` (64 px processing, 4 steps) to ``path``."""
+    return _save_marigold(path, seed, "MarigoldNormalsPipeline", targets=1, tiny=True, prediction_type="normals",
+                          use_full_z_range=True, default_denoising_steps=4, default_processing_resolution=64)
+
+
 def full_size_sam3_config():
     """The architecture of ``facebook/sam3`` (``Sam3Config`` defaults), with the tiny tokenizer's special ids.
     Returns ``(config, tokenizer)``."""
@@ -263,9 +344,11 @@ def full_size_depth_config():
 
 
 def make_full_size_checkpoints(root: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Path]:
-    """Randomly initialised SAM3 and Depth Anything V2 Small at their real sizes (bf16 on disk, about 1.7 GB and
-    50 MB) under ``root/sam3`` and ``root/depth``: the same FLOPs as the real weights, for GPU benchmarks without
-    Hub access. Their outputs are meaningless."""
+    """Randomly initialised SAM3, Depth Anything V2 Small and the two Marigold pipelines (intrinsics, surface
+    normals: Stable Diffusion 2's UNet, VAE and text encoder, 768 px processing) at their real sizes (bf16 on disk,
+    about 1.7 GB, 50 MB and 2.6 GB each) under ``root/sam3``, ``root/depth``, ``root/intrinsics`` and
+    ``root/surface-normals``: the same FLOPs as the real weights, for GPU benchmarks without Hub access. Their
+    outputs are meaningless."""
     from transformers import (
         DepthAnythingForDepthEstimation,
         DPTImageProcessor,
@@ -284,6 +367,13 @@ def make_full_size_checkpoints(root: str | Path, seed: int = DEFAULT_SEED) -> di
                       Sam3Processor(Sam3ImageProcessor(), tokenizer), torch.bfloat16),
         "depth": _save(root / "depth", seed, lambda: DepthAnythingForDepthEstimation(full_size_depth_config()),
                        depth_processor, torch.bfloat16),
+        "intrinsics": _save_marigold(root / "intrinsics", seed, "MarigoldIntrinsicsPipeline", 2, False,
+                                     torch.bfloat16, prediction_type="intrinsics",
+                                     target_properties=MARIGOLD_APPEARANCE_TARGETS, default_denoising_steps=4,
+                                     default_processing_resolution=768),
+        "surface-normals": _save_marigold(root / "surface-normals", seed, "MarigoldNormalsPipeline", 1, False,
+                                          torch.bfloat16, prediction_type="normals", use_full_z_range=True,
+                                          default_denoising_steps=4, default_processing_resolution=768),
     }
 
 
@@ -304,6 +394,8 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     "detector": make_tiny_detector,
     "depth": make_tiny_depth,
     "dpt": make_tiny_dpt,
+    "intrinsics": make_tiny_intrinsics,
+    "surface-normals": make_tiny_surface_normals,
 }
 
 
@@ -319,14 +411,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make-tiny-checkpoints", help="write tiny random checkpoints under DIR")
     full = commands.add_parser("make-full-size-checkpoints",
-                               help="write random SAM3 and Depth Anything V2 Small at full size under DIR (GPU bench)")
+                               help="write random SAM3, Depth Anything V2 Small and the Marigold pipelines at full "
+                               "size under DIR (GPU bench)")
     for command in (make, full):
         command.add_argument("dir", type=Path, help="output folder (one sub-folder per model)")
         command.add_argument("--seed", type=int, default=DEFAULT_SEED, help="torch seed set before each model")
     args = parser.parse_args(argv)
     from transformers.utils import logging
 
+    from .models.loading import disable_diffusers_progress_bars
+
     logging.disable_progress_bar()  # keep the output to one line per folder
+    disable_diffusers_progress_bars()
     writer = make_tiny_checkpoints if args.command == "make-tiny-checkpoints" else make_full_size_checkpoints
     for name, folder in writer(args.dir, seed=args.seed).items():
         print(f"{name}: {folder}")

@@ -289,6 +289,8 @@ OP_CASES = {
     "normals.normals_from_depth": lambda x: [normals.normals_from_depth(x["depth"], closer, 0.5)
                                              for closer in (True, False)],
     "normals.normals_from_mask": lambda x: normals.normals_from_mask(x["mask"]),
+    "normals.facing_camera": lambda x: normals.facing_camera(x["normals"] * torch.tensor(
+        [1.0, 1.0, -1.0], device="cpu", dtype=torch.float32).view(1, 3, 1, 1)),
     "normals.encode_normals": lambda x: normals.encode_normals(x["normals"]),
     "normals.decode_normals": lambda x: normals.decode_normals(normals.encode_normals(x["normals"])),
     "patterns.render_pattern": lambda x: [patterns.render_pattern(family, 36, 28, rng.row_generator(1, "p", family))
@@ -398,7 +400,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.mark.parametrize("stage", ["sam3", "sam2_with_detector", "depth_normals"])
+@pytest.mark.parametrize("stage", ["sam3", "sam2_with_detector", "depth_normals", "marigold_normals",
+                                   "intrinsic_albedo"])
 def test_model_stage_under_device_discipline_gives_the_same_rows(tiny, face_paths, stage):
     overrides = {
         "sam3": ["segmentation.method=sam3", f"segmentation.sam3_model={tiny['sam3']}", "normals.method=classical",
@@ -407,7 +410,13 @@ def test_model_stage_under_device_discipline_gives_the_same_rows(tiny, face_path
                                f"segmentation.detector_model={tiny['detector']}", "normals.method=classical", *OPEN],
         "depth_normals": ["segmentation.method=classical", "normals.method=depth",
                           f"normals.depth_model={tiny['depth']}"],
+        "marigold_normals": ["segmentation.method=classical", "normals.method=marigold", "normals.normals_steps=2",
+                             f"normals.normals_model={tiny['surface-normals']}"],
+        "intrinsic_albedo": ["segmentation.method=classical", "normals.method=classical", "albedo.method=intrinsic",
+                             f"albedo.intrinsic_model={tiny['intrinsics']}", "albedo.intrinsic_steps=2"],
     }[stage]
     rows = run_pipeline(overrides, source_batch(face_paths, 2))
-    method_column = "normals_method" if stage == "depth_normals" else "segmentation_method"
-    assert set(rows[method_column]) == {stage.split("_")[0]}, rows[method_column]
+    method_column = {"depth_normals": "normals_method", "marigold_normals": "normals_method",
+                     "intrinsic_albedo": "albedo_method"}.get(stage, "segmentation_method")
+    methods = {method.removeprefix("face_mesh+") for method in rows[method_column]}
+    assert methods == {stage.split("_")[0]}, rows[method_column]

@@ -10,7 +10,9 @@ import torch
 
 from relight_datasets.testing import main, make_tiny_checkpoints, make_tiny_sam2
 
-NAMES = ("sam3", "sam2", "detector", "depth", "dpt")
+NAMES = ("sam3", "sam2", "detector", "depth", "dpt", "intrinsics", "surface-normals")
+PIPELINES = ("intrinsics", "surface-normals")
+"""The diffusers pipeline folders (``model_index.json`` and one sub-folder per component)."""
 KEY = "vision_encoder.backbone.blocks.0.attn.qkv.weight"  # a SAM2 weight drawn from the seeded generator
 
 
@@ -32,11 +34,22 @@ def _finite(*tensors: torch.Tensor) -> bool:
     return all(torch.isfinite(tensor.float()).all().item() for tensor in tensors)
 
 
+def _weights(folder: Path) -> dict[str, Path]:
+    """Every safetensors file under ``folder``, by its path relative to it."""
+    return {str(file.relative_to(folder)): file for file in sorted(folder.rglob("*.safetensors"))}
+
+
 def test_folders_are_small(tiny: dict[str, Path]) -> None:
     assert tuple(tiny) == NAMES
-    for folder in tiny.values():
-        assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-        assert sum(file.stat().st_size for file in folder.iterdir()) < 5_000_000
+    for name, folder in tiny.items():
+        if name in PIPELINES:
+            assert (folder / "model_index.json").is_file()
+            components = {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                          "text_encoder/model.safetensors"}
+            assert set(_weights(folder)) == components
+        else:
+            assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+        assert sum(file.stat().st_size for file in folder.rglob("*") if file.is_file()) < 5_000_000
 
 
 def test_sam3(tiny: dict[str, Path], images: list[np.ndarray]) -> None:
@@ -105,14 +118,30 @@ def test_depth(tiny: dict[str, Path], images: list[np.ndarray], name: str) -> No
     assert _finite(depth)
 
 
+@pytest.mark.parametrize(("name", "pipeline_class"), [("intrinsics", "MarigoldIntrinsicsPipeline"),
+                                                      ("surface-normals", "MarigoldNormalsPipeline")])
+def test_marigold_pipelines(tiny: dict[str, Path], images: list[np.ndarray], name: str, pipeline_class: str) -> None:
+    import diffusers
+
+    pipeline = getattr(diffusers, pipeline_class).from_pretrained(tiny[name])
+    pipeline.set_progress_bar_config(disable=True)
+    batch = np.stack([image[:80, :96] for image in images])  # one size per call
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    prediction = pipeline(batch, num_inference_steps=2, batch_size=2, generator=generator, output_type="pt").prediction
+    targets = len(pipeline.target_properties["target_names"]) if name == "intrinsics" else 1
+    assert prediction.shape == (2 * targets, 3, 80, 96) and _finite(prediction)
+
+
 def test_deterministic(tiny: dict[str, Path], tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     again = make_tiny_checkpoints(tmp_path)
     for name in NAMES:
-        first, second = load_file(tiny[name] / "model.safetensors"), load_file(again[name] / "model.safetensors")
-        assert first.keys() == second.keys()
-        assert all(torch.equal(first[key], second[key]) for key in first), name
+        assert _weights(tiny[name]).keys() == _weights(again[name]).keys()
+        for file, path in _weights(tiny[name]).items():
+            first, second = load_file(path), load_file(_weights(again[name])[file])
+            assert first.keys() == second.keys()
+            assert all(torch.equal(first[key], second[key]) for key in first), f"{name}/{file}"
     other = make_tiny_sam2(tmp_path / "sam2-seed1", seed=1)
     assert not torch.equal(*(load_file(folder / "model.safetensors")[KEY] for folder in (tiny["sam2"], other)))
 
@@ -134,3 +163,16 @@ def test_full_size_configs_match_the_real_models_parameter_counts():
         depth = DepthAnythingForDepthEstimation(full_size_depth_config())
     assert sum(p.numel() for p in sam3.parameters()) == pytest.approx(840e6, rel=0.02)
     assert sum(p.numel() for p in depth.parameters()) == pytest.approx(24.8e6, rel=0.02)
+
+
+def test_full_size_marigold_has_stable_diffusion_2s_parameter_counts():
+    """The Marigold checkpoints are fine-tuned Stable Diffusion 2: UNet 866 M parameters (its first convolution
+    widened for the image latent), VAE 83.7 M, OpenCLIP-H text encoder 340 M (meta device: nothing allocated)."""
+    from relight_datasets.testing import _marigold_components
+
+    expected = {"unet": 865.9e6, "vae": 83.65e6, "text_encoder": 340.4e6}
+    for targets in (1, 2):
+        parts = _marigold_components(targets, tiny=False)
+        with torch.device("meta"):
+            counts = {name: sum(p.numel() for p in parts[name]().parameters()) for name in expected}
+        assert counts == pytest.approx(expected, rel=0.001)

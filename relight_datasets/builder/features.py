@@ -63,7 +63,7 @@ COLUMN_DESCRIPTIONS = {
     "segmentation_score": "segmenter confidence in [0, 1]",
     "mask_coverage": "fraction of the image inside the mask",
     "normals_method": "what produced the normals",
-    "albedo_method": "retinex or lab",
+    "albedo_method": "retinex, lab or intrinsic (a Marigold intrinsic-image model)",
     "albedo_blend_ratio": "fraction of the original image blended back into the albedo",
     "degradation_type": "soft_shading, hard_shadow (a shadow pattern blocks the key light) or specular",
     "light_setup": "single, two_point, three_point, outdoor (sun and sky), overcast, indoor (window and lamps) or "

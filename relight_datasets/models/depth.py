@@ -18,6 +18,8 @@ class DepthEstimator:
     says how to read them: True for relative inverse-depth models (Depth Anything, DPT/MiDaS), False for metric
     ones."""
 
+    method = "depth"
+
     def __init__(self, model_id: str, device: torch.device, dtype: torch.dtype):
         self.loaded = load_pretrained("depth", "AutoModelForDepthEstimation", "AutoImageProcessor", model_id, device,
                                       dtype)

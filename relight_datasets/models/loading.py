@@ -1,6 +1,7 @@
 """Loading pretrained models once per process, with one-line reasons when a model cannot be had.
 
-A model is named by a Hub id or a local folder; both go through ``from_pretrained``. Before anything is fetched the
+A model is named by a Hub id or a local folder; both go through ``from_pretrained`` (``transformers`` models and
+processors, or whole ``diffusers`` pipelines). Before anything is fetched the
 Hub is checked once per process (a short HEAD request, skipped when ``HF_HUB_OFFLINE`` is set): when it cannot be
 reached, models load from the local cache only, so an unreachable Hub costs a few seconds at most, never a hang.
 """
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,10 +36,11 @@ class ModelUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model in eval mode on its device, its processor, and what identifies the weights."""
+    """A model in eval mode on its device, its processor, and what identifies the weights. ``model`` is a
+    ``transformers`` model, or a ``diffusers`` pipeline (then ``processor`` is None: the pipeline preprocesses)."""
 
-    model: torch.nn.Module
-    processor: object
+    model: Any
+    processor: object | None
     model_id: str
     revision: str
     device: torch.device
@@ -111,6 +116,8 @@ def describe_failure(error: BaseException, model_id: str, local_only: bool) -> s
             return "out of GPU memory while loading (try --dtype bfloat16 or a smaller model)"
         if isinstance(item, ImportError | AttributeError) and "transformers" in str(item):
             return f"missing package support ({item}); upgrade transformers"
+        if isinstance(item, ImportError) and "diffusers" in str(item):
+            return f"missing package support ({item}); pip install 'relight-datasets[learned]'"
         if isinstance(item, errors.RepositoryNotFoundError):
             return "no such model on the Hub and no such local folder (check the id or path)"
         if isinstance(item, errors.LocalEntryNotFoundError | errors.OfflineModeIsEnabled):
@@ -132,11 +139,43 @@ def import_transformers(*names: str) -> list:
     return [getattr(transformers, name) for name in names]
 
 
+def import_diffusers(name: str):
+    """``diffusers.<name>``, or an ImportError saying that diffusers (or that class in it) is missing."""
+    try:
+        import diffusers
+    except ImportError as error:
+        raise ImportError("diffusers is not installed") from error
+    if not hasattr(diffusers, name):
+        raise ImportError(f"diffusers {diffusers.__version__} has no {name} (needs diffusers>=0.33)")
+    return getattr(diffusers, name)
+
+
+def disable_diffusers_progress_bars() -> None:
+    """Turn off ``diffusers``' own progress bars (loading and saving pipelines), when it is installed."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        return
+    diffusers_logging.disable_progress_bar()
+
+
 def _revision(model: torch.nn.Module, model_id: str) -> str:
     commit = getattr(model.config, "_commit_hash", None)
     if commit:
         return commit
     return "local" if Path(model_id).is_dir() else "unknown"
+
+
+_SNAPSHOT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
+
+
+def _pipeline_revision(pipeline, model_id: str) -> str:
+    """The Hub commit a pipeline was loaded from (its components live in the cache's ``snapshots/<commit>``), or
+    ``local`` for a folder."""
+    if Path(model_id).is_dir():
+        return "local"
+    match = _SNAPSHOT.search(str(getattr(pipeline.unet.config, "_name_or_path", "")))
+    return match.group(1) if match else "unknown"
 
 
 _LOADED: dict[tuple, LoadedModel] = {}
@@ -158,6 +197,29 @@ def load_pretrained(role: str, model_class: str, processor_class: str, model_id:
     except Exception as error:  # noqa: BLE001 - every failure becomes one line (and a fallback, or exit 2)
         raise ModelUnavailable(role, model_id, describe_failure(error, model_id, local_only)) from error
     loaded = LoadedModel(model, processor, model_id, _revision(model, model_id), device, dtype)
+    _LOADED[key] = loaded
+    logger.info("%s: loaded %s (%s) on %s in %s", role, model_id, loaded.revision, device, dtype)
+    return loaded
+
+
+def load_diffusers_pipeline(role: str, pipeline_class: str, model_id: str, device: torch.device,
+                            dtype: torch.dtype) -> LoadedModel:
+    """``diffusers.<pipeline_class>`` from ``model_id`` (Hub id or folder) on ``device`` in ``dtype``, progress bars
+    off; cached, so each pipeline loads once per process. Raises :class:`ModelUnavailable`."""
+    key = (pipeline_class, None, model_id, str(device), dtype)
+    if key in _LOADED:
+        return _LOADED[key]
+    local_only = not Path(model_id).is_dir() and not hub_reachable()
+    try:
+        with warnings.catch_warnings():  # newer diffusers also read ``dtype`` and warn that ``torch_dtype`` will go
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipeline = import_diffusers(pipeline_class).from_pretrained(model_id, torch_dtype=dtype,
+                                                                        local_files_only=local_only)
+        pipeline = pipeline.to(device)
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line (and a fallback, or exit 2)
+        raise ModelUnavailable(role, model_id, describe_failure(error, model_id, local_only)) from error
+    pipeline.set_progress_bar_config(disable=True)
+    loaded = LoadedModel(pipeline, None, model_id, _pipeline_revision(pipeline, model_id), device, dtype)
     _LOADED[key] = loaded
     logger.info("%s: loaded %s (%s) on %s in %s", role, model_id, loaded.revision, device, dtype)
     return loaded

@@ -1,4 +1,5 @@
-"""Surface normals: from a depth map, from a silhouette, and their RGB encoding.
+"""Surface normals: from a depth map, from a silhouette, predicted ones made to face the camera, and their RGB
+encoding.
 
 Normals are unit vectors in the camera frame of :mod:`relight_datasets.ops.lighting` (x right, y up, z towards the
 camera), shaped ``B x 3 x H x W``.
@@ -93,6 +94,13 @@ def normals_from_mask(mask: torch.Tensor, inflation_sigma: float = 0.12, edge_ti
     dz_dx, dz_dy_down = _image_gradients(torch.cat(heights))
     inside = (mask > 0.5).to(dz_dx.dtype)  # zero slope outside: the normal faces the camera, (0, 0, 1)
     return _normals_from_slopes(dz_dx * inside, dz_dy_down * inside)
+
+
+def facing_camera(normals: torch.Tensor) -> torch.Tensor:
+    """Unit normals ``B x 3 x H x W`` with their z clamped at 0 and renormalised: a surface the camera sees cannot
+    face away from it, so a predicted normal that does is folded onto the image plane; the others keep their
+    direction."""
+    return unit_vectors(torch.cat([normals[:, :2], normals[:, 2:3].clamp_min(0)], dim=1))
 
 
 def encode_normals(normals: torch.Tensor) -> torch.Tensor:

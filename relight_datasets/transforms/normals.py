@@ -1,5 +1,5 @@
-"""Surface normals for shading: faces from MediaPipe's face mesh (shipped), the rest from a monocular depth network
-or from the person mask."""
+"""Surface normals for shading: faces from MediaPipe's face mesh (shipped), the rest from a monocular depth network,
+a surface-normals network (Marigold) or the person mask."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
 from ..ops.face_mesh import blend_face_normals, render_face_normals
 from ..ops.normals import encode_normals, normals_from_depth, normals_from_mask
 from ..relighting import quantize_to_8bit
+from ..rng import noise_generators
 from .base import DeviceBatch, Stage, ThreadPool
 
-NORMAL_ESTIMATORS = ("auto", "face_mesh", "depth", "classical")
+NORMAL_ESTIMATORS = ("auto", "face_mesh", "depth", "classical", "marigold")
+MARIGOLD_STREAM = "marigold_normals"
+"""Per-row random streams of the normals model's starting noise, one per ensemble member."""
 FACE_MESH_MODEL_FILES = ("face_detection_short_range.tflite", "face_landmark.tflite")
 
 
@@ -40,18 +43,21 @@ class FaceMeshes:
 class NormalsStage(Stage):
     """RGB-encoded normals (``3 x H x W`` on the 8-bit grid, see :func:`relight_datasets.ops.normals.encode_normals`).
 
-    Two sources are combined: the **body** (hair, neck, clothes, and everything when no face is found) from either
+    Two sources are combined: the **body** (hair, neck, clothes, and everything when no face is found) from
     ``normals.depth_model`` run on the input image (its relative depth differentiated and normalised so the result
-    depends on neither the model's units nor the image size) or the silhouette inflated into a smooth bulge; and the
-    **faces** from MediaPipe's face mesh, rendered with a z-buffer and eased into the body normals
+    depends on neither the model's units nor the image size), from ``normals.normals_model`` (a Marigold
+    surface-normals pipeline, whose normals are used as predicted), or from the silhouette inflated into a smooth
+    bulge; and the **faces** from MediaPipe's face mesh, rendered with a z-buffer and eased into the body normals
     (:func:`~relight_datasets.ops.face_mesh.blend_face_normals`). ``normals.method``:
 
     - ``auto``: face mesh over depth when the depth model loads, else over the inflated silhouette;
-    - ``face_mesh``: face mesh over the inflated silhouette; ``depth``: depth only; ``classical``: silhouette only.
+    - ``face_mesh``: face mesh over the inflated silhouette; ``depth``: depth only; ``classical``: silhouette only;
+    - ``marigold``: face mesh (when it loads) over the Marigold normals.
 
     A method whose model cannot load raises :class:`~relight_datasets.models.ModelUnavailable` when forced; ``auto``
     logs why once and goes on without it. ``normals_method`` records what made each row's normals: ``face_mesh`` /
-    ``face_mesh+depth`` (a face was found), ``mask_inflation`` / ``depth`` (none was, or the face mesh is off).
+    ``face_mesh+depth`` / ``face_mesh+marigold`` (a face was found), ``mask_inflation`` / ``depth`` / ``marigold``
+    (none was, or the face mesh is off).
     """
 
     name = "normals"
@@ -68,7 +74,7 @@ class NormalsStage(Stage):
         if self._face_meshes is False:
             method = self.config.normals.method
             self._face_meshes = None
-            if method in ("auto", "face_mesh"):
+            if method in ("auto", "face_mesh", "marigold"):
                 try:
                     self._face_meshes = FaceMeshes()
                 except ModelUnavailable as error:
@@ -78,32 +84,40 @@ class NormalsStage(Stage):
                     self.fallbacks.append({"method": "face_mesh", "model": error.model_id, "reason": error.reason})
         return self._face_meshes
 
-    def prepare(self, rank: int | None = None):
-        """The depth estimator for this process's device (None: silhouette normals), loaded on first call, and the
-        face mesh models (once per process)."""
+    def _load_estimator(self, device: torch.device):
         from ..models.depth import DepthEstimator
+        from ..models.marigold import MarigoldNormals
 
+        cfg = self.config.normals
+        dtype = resolve_dtype(self.config.dtype, device)
+        if cfg.method == "marigold":
+            return MarigoldNormals(cfg.normals_model, device, dtype, cfg.normals_steps, cfg.normals_ensemble)
+        if cfg.method not in ("auto", "depth"):
+            return None
+        try:
+            return DepthEstimator(cfg.depth_model, device, dtype)
+        except ModelUnavailable as error:
+            if cfg.method == "depth":
+                raise
+            warn_once(f"normals: depth unavailable, falling back to mask normals: {error}")
+            self.fallbacks.append({"method": "depth", "model": error.model_id, "reason": error.reason})
+            return None
+
+    def prepare(self, rank: int | None = None):
+        """The body normals' model for this process's device (depth or Marigold; None: silhouette normals), loaded
+        on first call, and the face mesh models (once per process)."""
         self._load_face_meshes()
         device = self.device(rank)
-        method, model_id = self.config.normals.method, self.config.normals.depth_model
         if device not in self._estimators:
-            estimator = None
-            if method in ("auto", "depth"):
-                try:
-                    estimator = DepthEstimator(model_id, device, resolve_dtype(self.config.dtype, device))
-                except ModelUnavailable as error:
-                    if method == "depth":
-                        raise
-                    warn_once(f"normals: depth unavailable, falling back to mask normals: {error}")
-                    self.fallbacks.append({"method": "depth", "model": error.model_id, "reason": error.reason})
-            self._estimators[device] = estimator
+            self._estimators[device] = self._load_estimator(device)
         return self._estimators[device]
 
     def describe(self) -> dict:
         if not self._estimators:
             return {}
         estimator = next(iter(self._estimators.values()))
-        info = {"method": "mask_inflation"} if estimator is None else {"method": "depth", **estimator.loaded.describe()}
+        info = ({"method": "mask_inflation"} if estimator is None
+                else {"method": estimator.method, **estimator.loaded.describe()})
         if self._face_meshes:
             info["faces"] = {"method": "face_mesh", "models": list(FACE_MESH_MODEL_FILES)}
         if self.fallbacks:
@@ -116,6 +130,9 @@ class NormalsStage(Stage):
         if estimator is None:
             normals = normals_from_mask(batch.images["mask"], cfg.inflation_sigma, cfg.edge_tilt_deg)
             body = "mask_inflation"
+        elif estimator.method == "marigold":
+            generators = noise_generators(self.config.seed, batch.image_ids, MARIGOLD_STREAM, cfg.normals_ensemble)
+            normals, body = estimator(batch.input_uint8, generators), "marigold"
         else:
             depth = estimator(batch.input_uint8)
             normals = normals_from_depth(depth, estimator.larger_is_closer, cfg.depth_relief)
@@ -132,5 +149,5 @@ class NormalsStage(Stage):
                 feather = cfg.face_feather * float(coverage.sum().sqrt().item())
                 normals[index:index + 1] = blend_face_normals(normals[index:index + 1], face[None], coverage[None],
                                                               feather)
-                methods[index] = "face_mesh" if body == "mask_inflation" else "face_mesh+depth"
+                methods[index] = "face_mesh" if body == "mask_inflation" else f"face_mesh+{body}"
         return {"normals": quantize_to_8bit(encode_normals(normals)), "normals_method": methods}
