@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import PRESETS, ConfigError, load_config
+from .transforms.caption import CAPTIONERS
 from .transforms.normals import NORMAL_ESTIMATORS
 from .transforms.segmentation import SEGMENTERS
 
@@ -42,6 +43,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-model", default=None, metavar="ID_OR_DIR",
                         help="depth checkpoint for AutoModelForDepthEstimation (config: normals.depth_model, default "
                         "depth-anything/Depth-Anything-V2-Small-hf)")
+    parser.add_argument("--caption", choices=CAPTIONERS, default=None,
+                        help="none: an empty caption column; vlm: a vision-language model describes each composite "
+                        "(the person, the scene, the light), and fails (exit 2) when its model cannot load (config: "
+                        "caption.method, default none)")
+    parser.add_argument("--caption-model", default=None, metavar="ID_OR_DIR",
+                        help="VLM for --caption vlm, any AutoModelForImageTextToText checkpoint with a chat template "
+                        "(config: caption.model, default Qwen/Qwen2.5-VL-3B-Instruct)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
                         help="model weights and activations; auto = bfloat16 on CUDA, float32 on CPU (config: dtype)")
 
@@ -50,7 +58,8 @@ def model_overrides(args: argparse.Namespace) -> dict[str, object]:
     """Config keys set by :func:`add_model_arguments` flags (None: flag not given)."""
     return {"dtype": args.dtype, "segmentation.method": args.segmenter, "segmentation.sam3_model": args.sam3_model,
             "segmentation.sam2_model": args.sam2_model, "segmentation.detector_model": args.detector_model,
-            "normals.method": args.normals, "normals.depth_model": args.depth_model}
+            "normals.method": args.normals, "normals.depth_model": args.depth_model, "caption.method": args.caption,
+            "caption.model": args.caption_model}
 
 
 def as_overrides(pairs: dict[str, object]) -> list[str]:
