@@ -10,7 +10,7 @@ import torch
 
 from relight_datasets.testing import main, make_tiny_checkpoints, make_tiny_sam2
 
-NAMES = ("sam3", "sam2", "detector", "depth", "dpt")
+NAMES = ("sam3", "sam2", "detector", "depth", "dpt", "captioner")
 KEY = "vision_encoder.backbone.blocks.0.attn.qkv.weight"  # a SAM2 weight drawn from the seeded generator
 
 
@@ -134,3 +134,14 @@ def test_full_size_configs_match_the_real_models_parameter_counts():
         depth = DepthAnythingForDepthEstimation(full_size_depth_config())
     assert sum(p.numel() for p in sam3.parameters()) == pytest.approx(840e6, rel=0.02)
     assert sum(p.numel() for p in depth.parameters()) == pytest.approx(24.8e6, rel=0.02)
+
+
+def test_full_size_captioner_config_matches_qwen25_vl_3b():
+    """Qwen2.5-VL-3B-Instruct has 3.75 B parameters (its Hub page's count, embeddings tied)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from relight_datasets.testing import full_size_captioner_config
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(full_size_captioner_config()[0])
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(3.75e9, rel=0.01)
