@@ -195,6 +195,7 @@ def relight(
     resolution: int | None = None,
     segmenter: str | None = None,
     normals: str | None = None,
+    caption: str | None = None,
     dtype: str | None = None,
     background: str | None = None,
     device: str = "auto",
@@ -223,6 +224,7 @@ def relight(
         resolution: long side of the images in pixels; larger images are downscaled (CLI ``--resolution``).
         segmenter: ``auto``, ``sam3``, ``sam2`` or ``classical`` (CLI ``--segmenter``).
         normals: ``auto``, ``depth`` or ``classical`` (CLI ``--normals``).
+        caption: ``none`` or ``vlm`` (CLI ``--caption``; the model is ``caption.model``, CLI ``--caption-model``).
         dtype: model dtype, ``auto``, ``float32`` or ``bfloat16`` (CLI ``--dtype``).
         background: ``original``, ``gray`` or ``black`` behind the relit person (CLI ``--background``).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (CLI ``--device``).
@@ -255,7 +257,8 @@ def relight(
         raise ValueError(f"relight: device {device!r}: CUDA is not available on this machine (use device='cpu')")
     settings = list(as_overrides(overrides)) if isinstance(overrides, Mapping) else list(overrides)
     settings += as_overrides({"seed": seed, "resolution": resolution, "segmentation.method": segmenter,
-                              "normals.method": normals, "dtype": dtype, "recombination.background": background})
+                              "normals.method": normals, "caption.method": caption, "dtype": dtype,
+                              "recombination.background": background})
     build_config = load_config(preset, config, settings)
     rows = source_rows(data, image_column=image_column, id_column=id_column, source=source)
     processes = min(num_proc or _default_num_proc(device), len(rows))

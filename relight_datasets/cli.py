@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .config import PRESETS, ConfigError, load_config
 from .transforms.albedo import ALBEDO_METHODS
+from .transforms.caption import CAPTIONERS
 from .transforms.normals import NORMAL_ESTIMATORS
 from .transforms.segmentation import SEGMENTERS
 
@@ -54,6 +55,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--albedo-model", default=None, metavar="ID_OR_DIR",
                         help="MarigoldIntrinsicsPipeline checkpoint (config: albedo.intrinsic_model, default "
                         "prs-eth/marigold-iid-appearance-v1-1)")
+    parser.add_argument("--caption", choices=CAPTIONERS, default=None,
+                        help="none: an empty caption column; vlm: a vision-language model describes each composite "
+                        "(the person, the scene, the light), and fails (exit 2) when its model cannot load (config: "
+                        "caption.method, default none)")
+    parser.add_argument("--caption-model", default=None, metavar="ID_OR_DIR",
+                        help="VLM for --caption vlm, any AutoModelForImageTextToText checkpoint with a chat template "
+                        "(config: caption.model, default Qwen/Qwen2.5-VL-3B-Instruct)")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
                         help="model weights and activations; auto = bfloat16 on CUDA, float32 on CPU (config: dtype)")
 
@@ -64,7 +72,8 @@ def model_overrides(args: argparse.Namespace) -> dict[str, object]:
             "segmentation.sam2_model": args.sam2_model, "segmentation.detector_model": args.detector_model,
             "normals.method": args.normals, "normals.depth_model": args.depth_model,
             "normals.normals_model": args.normals_model, "albedo.method": args.albedo,
-            "albedo.intrinsic_model": args.albedo_model}
+            "albedo.intrinsic_model": args.albedo_model, "caption.method": args.caption,
+            "caption.model": args.caption_model}
 
 
 def as_overrides(pairs: dict[str, object]) -> list[str]:

@@ -166,6 +166,20 @@ class OutputConfig:
     layout: Literal["full", "compact"] = "full"  # compact: no degraded / composite (regenerate_pairs remakes them)
 
 
+CAPTION_PROMPT = ("Describe this photo in one or two sentences: the person, the place or background, and the light "
+                  "on the person (where it comes from, how hard or soft it is, its colour).")
+
+
+@dataclass
+class CaptionConfig:
+    method: Literal["none", "vlm"] = "none"  # vlm: a vision-language model describes each composite
+    model: str = "Qwen/Qwen2.5-VL-3B-Instruct"  # any AutoModelForImageTextToText checkpoint with a chat template
+    prompt: str = CAPTION_PROMPT
+    max_new_tokens: int = 96
+    batch_size: int = 8  # images per generate call (bounds the VLM's memory)
+    image_side: int = 448  # long side the composite is shrunk to before the VLM sees it (0: as stored)
+
+
 @dataclass
 class BuildConfig:
     seed: int = 0
@@ -177,6 +191,7 @@ class BuildConfig:
     normals: NormalsConfig = field(default_factory=NormalsConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     recombination: RecombinationConfig = field(default_factory=RecombinationConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,6 +297,19 @@ def _validate_light(light: LightConfig) -> None:
             raise ConfigError(str(error)) from None
 
 
+def _validate_caption(caption: CaptionConfig) -> None:
+    if not caption.model.strip():
+        raise ConfigError("caption.model: must name a Hub model id or a local folder")
+    if not caption.prompt.strip():
+        raise ConfigError("caption.prompt: must not be empty")
+    if not 1 <= caption.max_new_tokens <= 1024:
+        raise ConfigError(f"caption.max_new_tokens: must be 1 to 1024, got {caption.max_new_tokens}")
+    if caption.batch_size < 1:
+        raise ConfigError(f"caption.batch_size: must be at least 1, got {caption.batch_size}")
+    if caption.image_side != 0 and caption.image_side < 28:
+        raise ConfigError(f"caption.image_side: must be 0 (as stored) or at least 28 pixels, got {caption.image_side}")
+
+
 def validate(config: BuildConfig) -> BuildConfig:
     """Range and consistency checks that types alone cannot express; returns ``config`` or raises ConfigError."""
     from .ops.patterns import PATTERN_FAMILIES
@@ -363,6 +391,7 @@ def validate(config: BuildConfig) -> BuildConfig:
             raise ConfigError("degradation.hard_shadow.pattern.families: hard_shadow is enabled but has no families")
     if config.recombination.feather_px < 0:
         raise ConfigError(f"recombination.feather_px: must not be negative, got {config.recombination.feather_px}")
+    _validate_caption(config.caption)
     out = config.output
     if out.preview_rows < 0:
         raise ConfigError(f"output.preview_rows: must not be negative, got {out.preview_rows}")

@@ -1,10 +1,10 @@
 """Tiny, randomly initialised model checkpoints for offline tests and smoke runs.
 
 ``python -m relight_datasets.testing make-tiny-checkpoints DIR`` writes one ``save_pretrained`` folder per model
-family (SAM3, SAM2, Grounding DINO, Depth Anything, DPT), each with its processor, 0.5-1.5 MB each, and two complete
-``diffusers`` Marigold pipelines (intrinsic image decomposition and surface normals: UNet, VAE, CLIP text encoder and
-tokenizer, DDIM scheduler), about 1.3 MB each. Weights are random but deterministic (seeded before each
-construction), so outputs are meaningless yet reproducible.
+family (SAM3, SAM2, Grounding DINO, Depth Anything, DPT, and a Qwen2.5-VL captioner), each with its processor,
+0.5-1.5 MB each, and two complete ``diffusers`` Marigold pipelines (intrinsic image decomposition and surface
+normals: UNet, VAE, CLIP text encoder and tokenizer, DDIM scheduler), about 1.3 MB each. Weights are random but
+deterministic (seeded before each construction), so outputs are meaningless yet reproducible.
 """
 
 from __future__ import annotations
@@ -50,6 +50,70 @@ def _bert_tokenizer():
 
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]
     return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)})
+
+
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|image_pad|>", "<|video_pad|>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""Qwen2.5-VL's chat format (ChatML, an image as ``<|vision_start|><|image_pad|><|vision_end|>``), without its
+default system turn."""
+
+
+def _qwen_tokenizer():
+    """A byte-level ``Qwen2Tokenizer``: one token per byte (no merges) plus Qwen2.5-VL's special tokens."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    vocab = {piece: index for index, piece in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    return tokenizer
+
+
+def _qwen_vl_token_ids(tokenizer) -> dict:
+    """The config's special token ids, as ``tokenizer`` numbers them."""
+    ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS)), strict=True))
+    return {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"]}
+
+
+def _qwen_vl_processor(tokenizer, max_pixels: int):
+    """``Qwen2_5_VLProcessor`` with the ChatML template, images resized to at most ``max_pixels``."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=max_pixels),
+                               tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
+                               chat_template=CHATML_TEMPLATE)
+
+
+def make_tiny_captioner(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny ``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor`` (images at most 112 x 112 px,
+    16 image tokens; byte tokenizer; ChatML template) to ``path``. Weights are drawn wider than the default so the
+    (meaningless) captions differ from image to image."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = _qwen_tokenizer()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                     "bos_token_id": tokenizer.pad_token_id, "eos_token_id": end,
+                     "pad_token_id": tokenizer.pad_token_id, "initializer_range": 0.1},
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                       "window_size": 56, "fullatt_block_indexes": [1], "initializer_range": 0.1},
+        initializer_range=0.1,
+        **_qwen_vl_token_ids(tokenizer),
+    )
+    processor = _qwen_vl_processor(tokenizer, max_pixels=112 * 112)
+    return _save(path, seed, lambda: Qwen2_5_VLForConditionalGeneration(config), processor)
 
 
 def make_tiny_sam3(path: str | Path, seed: int = DEFAULT_SEED) -> Path:
@@ -343,15 +407,37 @@ def full_size_depth_config():
     return DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64)
 
 
+def full_size_captioner_config():
+    """The architecture of ``Qwen/Qwen2.5-VL-3B-Instruct`` (36 layers, 2048 wide, 16 heads, 2 KV heads, vocabulary
+    151936, tied embeddings; a 32-block, 1280-wide vision encoder), with the tiny tokenizer's special ids. Returns
+    ``(config, tokenizer)``."""
+    from transformers import Qwen2_5_VLConfig
+
+    tokenizer = _qwen_tokenizer()
+    text = {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+            "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128000,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            "pad_token_id": tokenizer.pad_token_id}
+    vision = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048,
+              "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
+                              **_qwen_vl_token_ids(tokenizer))
+    return config, tokenizer
+
+
 def make_full_size_checkpoints(root: str | Path, seed: int = DEFAULT_SEED) -> dict[str, Path]:
-    """Randomly initialised SAM3, Depth Anything V2 Small and the two Marigold pipelines (intrinsics, surface
-    normals: Stable Diffusion 2's UNet, VAE and text encoder, 768 px processing) at their real sizes (bf16 on disk,
-    about 1.7 GB, 50 MB and 2.6 GB each) under ``root/sam3``, ``root/depth``, ``root/intrinsics`` and
-    ``root/surface-normals``: the same FLOPs as the real weights, for GPU benchmarks without Hub access. Their
-    outputs are meaningless."""
+    """Randomly initialised SAM3, Depth Anything V2 Small, the two Marigold pipelines (intrinsics, surface normals:
+    Stable Diffusion 2's UNet, VAE and text encoder, 768 px processing) and Qwen2.5-VL-3B at their real sizes (bf16
+    on disk, about 1.7 GB, 50 MB, 2.6 GB each and 7.5 GB; the captioner needs about 23 GB of host memory while it is
+    written) under ``root/sam3``, ``root/depth``, ``root/intrinsics``, ``root/surface-normals`` and
+    ``root/captioner``: the same FLOPs as the real weights, for GPU benchmarks without Hub access. Their outputs are
+    meaningless (the captioner never stops before ``caption.max_new_tokens``, the worst case for its time)."""
     from transformers import (
         DepthAnythingForDepthEstimation,
         DPTImageProcessor,
+        Qwen2_5_VLForConditionalGeneration,
         Sam3ImageProcessor,
         Sam3Model,
         Sam3Processor,
@@ -359,6 +445,7 @@ def make_full_size_checkpoints(root: str | Path, seed: int = DEFAULT_SEED) -> di
 
     root = Path(root)
     sam3_config, tokenizer = full_size_sam3_config()
+    captioner_config, captioner_tokenizer = full_size_captioner_config()
     depth_processor = DPTImageProcessor(size={"height": 518, "width": 518}, keep_aspect_ratio=True,
                                         ensure_multiple_of=14, resample=3, image_mean=[0.485, 0.456, 0.406],
                                         image_std=[0.229, 0.224, 0.225])
@@ -374,6 +461,8 @@ def make_full_size_checkpoints(root: str | Path, seed: int = DEFAULT_SEED) -> di
         "surface-normals": _save_marigold(root / "surface-normals", seed, "MarigoldNormalsPipeline", 1, False,
                                           torch.bfloat16, prediction_type="normals", use_full_z_range=True,
                                           default_denoising_steps=4, default_processing_resolution=768),
+        "captioner": _save(root / "captioner", seed, lambda: Qwen2_5_VLForConditionalGeneration(captioner_config),
+                           _qwen_vl_processor(captioner_tokenizer, max_pixels=12845056), torch.bfloat16),
     }
 
 
@@ -396,6 +485,7 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     "dpt": make_tiny_dpt,
     "intrinsics": make_tiny_intrinsics,
     "surface-normals": make_tiny_surface_normals,
+    "captioner": make_tiny_captioner,
 }
 
 
@@ -411,8 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make-tiny-checkpoints", help="write tiny random checkpoints under DIR")
     full = commands.add_parser("make-full-size-checkpoints",
-                               help="write random SAM3, Depth Anything V2 Small and the Marigold pipelines at full "
-                               "size under DIR (GPU bench)")
+                               help="write random SAM3, Depth Anything V2 Small, the Marigold pipelines and "
+                               "Qwen2.5-VL-3B at full size under DIR (GPU bench)")
     for command in (make, full):
         command.add_argument("dir", type=Path, help="output folder (one sub-folder per model)")
         command.add_argument("--seed", type=int, default=DEFAULT_SEED, help="torch seed set before each model")

@@ -29,7 +29,7 @@ from relight_datasets.cli import add_model_arguments, as_overrides, model_overri
 from relight_datasets.config import load_config
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "faces"
-STAGES = ("model_load", "decode", "segmentation", "normals", "albedo", "relight", "encode", "write")
+STAGES = ("model_load", "decode", "segmentation", "normals", "albedo", "relight", "caption", "encode", "write")
 
 
 def prepare_images(source: Path, count: int, resolution: int, target: Path) -> list[Path]:

@@ -27,7 +27,7 @@ EXPECTED_COLUMNS = [
     "segmentation_score", "mask_coverage", "normals_method", "albedo_method", "albedo_blend_ratio", "degradation_type",
     "light_setup", "light_direction", "ambient", "light_directions", "light_colors", "light_kelvin",
     "light_intensities", "sh_irradiance", "exposure", "shadow_pattern", "specular_intensity", "degradation_params",
-    "instruction", "seed",
+    "instruction", "caption", "seed",
 ]
 
 
@@ -133,6 +133,7 @@ def test_dataset_loads_with_no_script_and_matches_the_contract(built, faces_dir)
         assert len(row["sh_irradiance"]) == 27 and row["exposure"] > 0
         assert row["shadow_pattern"] == (params["pattern"]["family"] if params["pattern"] else "")
         assert " from " in row["instruction"] and "shadows" in row["instruction"]
+        assert row["caption"] == ""  # captions are off by default
         assert row["seed"] == 0
         # composite equals the input exactly outside the mask (background mode "original")
         outside = mask == 0

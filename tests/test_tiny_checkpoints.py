@@ -10,7 +10,7 @@ import torch
 
 from relight_datasets.testing import main, make_tiny_checkpoints, make_tiny_sam2
 
-NAMES = ("sam3", "sam2", "detector", "depth", "dpt", "intrinsics", "surface-normals")
+NAMES = ("sam3", "sam2", "detector", "depth", "dpt", "intrinsics", "surface-normals", "captioner")
 PIPELINES = ("intrinsics", "surface-normals")
 """The diffusers pipeline folders (``model_index.json`` and one sub-folder per component)."""
 KEY = "vision_encoder.backbone.blocks.0.attn.qkv.weight"  # a SAM2 weight drawn from the seeded generator
@@ -176,3 +176,14 @@ def test_full_size_marigold_has_stable_diffusion_2s_parameter_counts():
         with torch.device("meta"):
             counts = {name: sum(p.numel() for p in parts[name]().parameters()) for name in expected}
         assert counts == pytest.approx(expected, rel=0.001)
+
+
+def test_full_size_captioner_config_matches_qwen25_vl_3b():
+    """Qwen2.5-VL-3B-Instruct has 3.75 B parameters (its Hub page's count, embeddings tied)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from relight_datasets.testing import full_size_captioner_config
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(full_size_captioner_config()[0])
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(3.75e9, rel=0.01)

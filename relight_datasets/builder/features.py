@@ -32,6 +32,7 @@ FEATURES = Features(
         "albedo_method": Value("string"),
         "albedo_blend_ratio": Value("float32"),
         **{name: _label_feature(shape) for name, shape in LABEL_SHAPES.items()},
+        "caption": Value("string"),
         "seed": Value("int64"),
     }
 )
@@ -82,5 +83,7 @@ COLUMN_DESCRIPTIONS = {
     "specular_intensity": "strength of the specular highlight (0 without one)",
     "degradation_params": "JSON: each light's angles, size and tint, the environment, pattern geometry, specular",
     "instruction": "plain-language description of the new light",
+    "caption": "what a vision-language model says of the composite (the person, the scene, the light); empty when "
+               "the build ran without captions",
     "seed": "global build seed; per-row randomness derives from (seed, image_id)",
 }

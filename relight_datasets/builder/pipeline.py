@@ -1,4 +1,4 @@
-"""The whole per-batch pipeline: decode -> segment -> normals -> albedo -> relight -> encode. One object, one
+"""The whole per-batch pipeline: decode -> segment -> normals -> albedo -> relight -> caption -> encode. One object, one
 ``Dataset.map`` pass.
 
 Images cross between host and device twice: each decoded input is copied to the device once (uint8), rows of one
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..config import BuildConfig
-from ..transforms import AlbedoStage, LoadStage, NormalsStage, RelightStage, SegmentationStage
+from ..transforms import AlbedoStage, CaptionStage, LoadStage, NormalsStage, RelightStage, SegmentationStage
 from ..transforms.base import (
     SKIP_COLUMN,
     TIMING_LOCK,
@@ -87,7 +87,7 @@ class RelightPipeline:
         self.config = config
         self.loader = LoadStage(config, device)
         self.stages = [self.loader, *(cls(config, device) for cls in (SegmentationStage, NormalsStage, AlbedoStage,
-                                                                    RelightStage))]
+                                                                    RelightStage, CaptionStage))]
         if config.output.png_codec == "fpng":
             fpng_encoder()  # a missing package fails here, before any row is processed
         self.encoder = ThreadPool(encode_threads)

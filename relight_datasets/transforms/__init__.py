@@ -3,6 +3,7 @@ and ``stage.forward`` on device tensors inside the build's pipeline) and the tra
 
 from .albedo import AlbedoStage
 from .base import DeviceBatch, Stage
+from .caption import CaptionStage
 from .load import LoadStage
 from .normals import NormalsStage
 from .on_the_fly import Compose, PairedTransform, RelightBatch, RelightOnTheFly
@@ -11,6 +12,7 @@ from .segmentation import SegmentationStage
 
 __all__ = [
     "AlbedoStage",
+    "CaptionStage",
     "Compose",
     "DeviceBatch",
     "LoadStage",
