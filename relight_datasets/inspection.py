@@ -1,11 +1,11 @@
 """``relight-inspect DATASET -o PAGE.html``: one self-contained HTML page to look at a built dataset.
 
-The page holds a grid of random rows (every image column as an inline JPEG thumbnail, the id, the instruction and
-what made the mask and the normals) and charts of the whole dataset as inline SVG: the light directions on a polar
-plot, histograms of the key light's colour temperature, the ambient term, the exposure and the mask coverage, the
-counts of the segmentation and normals methods, light setups and degradation types, and the skip reasons of the
-build report (for a local folder). Nothing on the page is fetched from elsewhere. A ``compact`` build's
-``degraded`` / ``composite`` are regenerated for the shown rows.
+The page holds a grid of random rows (every image column as an inline JPEG thumbnail, the id, the instruction, the
+caption when there is one, and what made the mask and the normals) and charts of the whole dataset as inline SVG:
+the light directions on a polar plot, histograms of the key light's colour temperature, the ambient term, the
+exposure and the mask coverage, the counts of the segmentation and normals methods, light setups and degradation
+types, and the skip reasons of the build report (for a local folder). Nothing on the page is fetched from elsewhere.
+A ``compact`` build's ``degraded`` / ``composite`` are regenerated for the shown rows.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def render_page(rows, report: dict | None, config, count: int, seed: int, title:
         row = shown[index]
         thumbs = "".join(f'<figure><img alt="{name}" src="{thumbnail_data_uri(images[name][index])}">'
                          f"<figcaption>{name}</figcaption></figure>" for name in columns)
+        caption = f'<i>{html.escape(str(row["caption"]))}</i><br>' if row.get("caption") else ""
         cells.append(f'<div class="row"><div class="meta"><b>{html.escape(str(row["image_id"]))}</b><br>'
-                     f'{html.escape(str(row.get("instruction", "")))}<br><small>mask: '
+                     f'{html.escape(str(row.get("instruction", "")))}<br>{caption}<small>mask: '
                      f'{html.escape(str(row.get("segmentation_method", "?")))}, normals: '
                      f'{html.escape(str(row.get("normals_method", "?")))}</small></div>{thumbs}</div>')
     scalars = rows.select_columns([name for name in ("light_direction", "ambient", "light_kelvin", "exposure",

@@ -76,7 +76,7 @@ def cast_shadows(height: torch.Tensor, directions: torch.Tensor, radius_deg: tor
 
     A point is lit by a direction when no point of the field towards the light rises above the ray:
     ``max_{s > 0} h(p + s d) - s tan(elevation) <= h(p)`` along the light's direction ``d`` in the image, found
-    exactly with one reverse running maximum per image row after turning the field so that ``d`` runs along the rows.
+    exactly with one running maximum per row after turning the field so that its rows run away from the light.
     The light's disc is sampled at ``samples`` elevations (chord-weighted), so the penumbra widens in proportion to
     the occluder's distance. Lights at the camera (no direction in the image) or behind the image plane give 1.
     """
@@ -85,8 +85,9 @@ def cast_shadows(height: torch.Tensor, directions: torch.Tensor, radius_deg: tor
     directions = directions.to(device=work.device, dtype=work.dtype)
     across = torch.hypot(directions[:, 0], directions[:, 1])
     casting = (across > 1e-4) & (directions[:, 2] > 0)
-    cos = torch.where(casting, directions[:, 0] / across.clamp_min(1e-4), 1.0)
-    sin = torch.where(casting, -directions[:, 1] / across.clamp_min(1e-4), 0.0)  # rows grow downwards
+    # the turned field's rows run away from the light (rows of the image grow downwards, y upwards)
+    cos = torch.where(casting, -directions[:, 0] / across.clamp_min(1e-4), 1.0)
+    sin = torch.where(casting, directions[:, 1] / across.clamp_min(1e-4), 0.0)
     diagonal = math.hypot(rows, cols)
     side_r, side_c = _canvas_side(diagonal, rows), _canvas_side(diagonal, cols)
     grid = _rotation_grid(side_r, side_c, rows, cols, cos, sin, inverse=False)
@@ -98,10 +99,10 @@ def cast_shadows(height: torch.Tensor, directions: torch.Tensor, radius_deg: tor
     sample_elevation = (elevation[:, None] + radius[:, None] * u[None, :]).clamp(1e-3, math.pi / 2 - 1e-3)
     slope = torch.tan(sample_elevation).view(batch, samples, 1, 1)
     column = torch.arange(side_c, device=work.device, dtype=work.dtype)
-    relative = turned - slope * column  # B x K x R x C: height above the ray through column 0
-    ahead = relative.flip(-1).cummax(-1).values.flip(-1)
-    ahead = torch.cat([ahead[..., 1:], torch.full_like(ahead[..., :1], -torch.inf)], dim=-1)
-    lit = (ahead <= relative + 1e-4).to(work.dtype)
+    raised = turned + slope * column  # B x K x R x C: height plus the ray's climb back to column 0
+    ahead = raised.cummax(-1).values  # the highest occluder between the light and each column (itself included)
+    ahead = torch.cat([torch.full_like(ahead[..., :1], -torch.inf), ahead[..., :-1]], dim=-1)
+    lit = (ahead <= raised + 1e-4).to(work.dtype)
     visibility = (lit * (chord / chord.sum()).view(1, samples, 1, 1)).sum(dim=1, keepdim=True)
     back = _rotation_grid(rows, cols, side_r, side_c, cos, sin, inverse=True)
     visibility = F.grid_sample(visibility, back, mode="bilinear", padding_mode="border", align_corners=True)
