@@ -66,6 +66,22 @@ def save_resized_faces(faces_dir: Path, folder: Path, count: int, size: int, res
     return folder
 
 
+def build_small(faces: Path, out: Path, *extra: str) -> tuple[int, list[dict], dict]:
+    """The CLI on a folder of faces at 96 px: ``(exit code, rows sorted by image_id, build report)``; no rows and no
+    report when the build failed."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from relight_datasets.cli import main
+
+    code = main(["--source", f"folder:{faces}", "--out", str(out), "--resolution", "96", "--quiet", *extra])
+    if code != 0:
+        return code, [], {}
+    rows = pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist()
+    return code, sorted(rows, key=lambda row: row["image_id"]), json.loads((out / "build_report.json").read_text())
+
+
 @pytest.fixture
 def pipeline_failing_for(monkeypatch):
     """Injected fault: ``pipeline_failing_for(image_id)`` makes the real ``RelightPipeline`` raise

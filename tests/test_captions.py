@@ -5,17 +5,14 @@ weights give gibberish, so the tests check types, presence and determinism, not 
 
 from __future__ import annotations
 
-import json
 import shutil
 
-import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import save_resized_faces
+from conftest import build_small, save_resized_faces
 from datasets import load_dataset
 
 import relight_datasets
-from relight_datasets.cli import main
 from relight_datasets.config import ConfigError, load_config
 from relight_datasets.models import loading
 from relight_datasets.models.captioner import Captioner
@@ -38,12 +35,7 @@ def faces(tmp_path_factory, faces_dir):
 
 
 def build(faces, out, *extra: str) -> tuple[int, list[dict], dict]:
-    code = main(["--source", f"folder:{faces}", "--out", str(out), "--resolution", "96", "--quiet", *WEIGHT_FREE,
-                 *extra])
-    if code != 0:
-        return code, [], {}
-    rows = pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist()
-    return code, sorted(rows, key=lambda row: row["image_id"]), json.loads((out / "build_report.json").read_text())
+    return build_small(faces, out, *WEIGHT_FREE, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import save_resized_faces
+from conftest import build_small, save_resized_faces
 from datasets import load_dataset
 
-from relight_datasets.cli import main
 from relight_datasets.config import ConfigError, load_config
 from relight_datasets.models.loading import ModelUnavailable
 from relight_datasets.models.marigold import IntrinsicAlbedo, MarigoldNormals
@@ -47,11 +45,7 @@ def faces(tmp_path_factory, faces_dir) -> Path:
 
 
 def build(faces: Path, out: Path, *extra: str) -> tuple[int, list[dict], dict]:
-    code = main(["--source", f"folder:{faces}", "--out", str(out), "--resolution", "96", "--quiet", *extra])
-    if code != 0:
-        return code, [], {}
-    rows = pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist()
-    return code, rows, json.loads((out / "build_report.json").read_text())
+    return build_small(faces, out, *extra)
 
 
 def images(out: Path, column: str) -> np.ndarray:

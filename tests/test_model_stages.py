@@ -13,13 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import load_rgb, save_resized_faces
+from conftest import build_small, load_rgb, save_resized_faces
 from datasets import load_dataset
 
-from relight_datasets.cli import main
 from relight_datasets.models.segmenters import Sam2BoxSegmenter, unite_instances
 from relight_datasets.ops.normals import decode_normals
 from relight_datasets.testing import make_tiny_checkpoints
@@ -41,11 +39,7 @@ def faces(tmp_path_factory, faces_dir) -> Path:
 
 
 def build(faces: Path, out: Path, *extra: str) -> tuple[int, list[dict], dict]:
-    code = main(["--source", f"folder:{faces}", "--out", str(out), "--resolution", "96", "--quiet", *extra])
-    if code != 0:
-        return code, [], {}
-    rows = pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist()
-    return code, rows, json.loads((out / "build_report.json").read_text())
+    return build_small(faces, out, *extra)
 
 
 def test_sam3_rows_record_the_model(tiny, faces, tmp_path):
