@@ -124,7 +124,8 @@ def test_the_prompt_is_configurable_and_part_of_the_fingerprint():
 
 def test_the_prompt_reaches_the_model(captioner):
     device = torch.device("cpu")
-    images = torch.randint(0, 256, (2, 3, 64, 80), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images = torch.randint(0, 256, (2, 3, 64, 80), generator=torch.Generator(device="cpu").manual_seed(0),
+                           device="cpu", dtype=torch.uint8)
     first = Captioner(str(captioner), device, torch.float32, "Describe the light.", 6, 2)
     other = Captioner(str(captioner), device, torch.float32, "Who is this?", 6, 1)
     assert "Describe the light." in first.text and "Who is this?" in other.text

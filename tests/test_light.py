@@ -45,8 +45,8 @@ def directions_grid(rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
 def test_constant_environment_gives_constant_irradiance():
     """Unit radiance from every direction gives irradiance pi on every surface, whichever way it faces."""
     coefficients = sh.project_radiance(torch.ones(64, 128, 3, **F64))
-    normals = torch.nn.functional.normalize(torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0),
-                                                        **F64), dim=1)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    normals = torch.nn.functional.normalize(torch.randn(1, 3, 16, 16, generator=generator, **F64), dim=1)
     irradiance = sh.irradiance(coefficients[None], normals)
     assert torch.allclose(irradiance, torch.full_like(irradiance, math.pi), rtol=2e-3)
 
@@ -175,7 +175,7 @@ def test_the_penumbra_widens_with_the_occluders_distance():
 
 
 def test_lights_at_the_camera_or_behind_cast_no_shadow():
-    height = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1), **F64) * 10
+    height = torch.rand(2, 1, 32, 32, generator=torch.Generator(device="cpu").manual_seed(1), **F64) * 10
     directions = torch.tensor([[0.0, 0.0, 1.0], [0.6, 0.0, -0.8]], **F64)
     assert torch.equal(cast_shadows(height, directions, torch.tensor([1.0, 1.0], **F64)),
                        torch.ones_like(height))
