@@ -12,13 +12,15 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +228,21 @@ def load_diffusers_pipeline(role: str, pipeline_class: str, model_id: str, devic
 
 
 _WARNED: set[str] = set()
+
+
+def load_or_fall_back(load: Callable[[], T], forced: bool, method: str, warning: str,
+                      fallbacks: list[dict]) -> T | None:
+    """``load()``; when its model cannot load (:class:`ModelUnavailable`) the error is raised again if ``method`` was
+    forced, else ``"<warning>: <error>"`` is logged once, the fallback is recorded in ``fallbacks`` (method, model,
+    reason) and None is returned."""
+    try:
+        return load()
+    except ModelUnavailable as error:
+        if forced:
+            raise
+        warn_once(f"{warning}: {error}")
+        fallbacks.append({"method": method, "model": error.model_id, "reason": error.reason})
+        return None
 
 
 def warn_once(message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
+from ..models.loading import load_or_fall_back, resolve_dtype
 from ..ops.albedo import blend_with_original, lab_albedo, retinex_albedo
 from ..relighting import quantize_to_8bit
 from ..rng import noise_generators, row_generator, uniform
@@ -45,15 +45,11 @@ class AlbedoStage(Stage):
         from ..models.marigold import IntrinsicAlbedo
 
         cfg = self.config.albedo
-        try:
-            return IntrinsicAlbedo(cfg.intrinsic_model, device, resolve_dtype(self.config.dtype, device),
-                                   cfg.intrinsic_steps, cfg.intrinsic_ensemble)
-        except ModelUnavailable as error:
-            if cfg.method == "intrinsic":
-                raise
-            warn_once(f"albedo: intrinsic model unavailable, falling back to Retinex: {error}")
-            self.fallbacks.append({"method": "intrinsic", "model": error.model_id, "reason": error.reason})
-            return None
+        return load_or_fall_back(
+            lambda: IntrinsicAlbedo(cfg.intrinsic_model, device, resolve_dtype(self.config.dtype, device),
+                                    cfg.intrinsic_steps, cfg.intrinsic_ensemble),
+            cfg.method == "intrinsic", "intrinsic", "albedo: intrinsic model unavailable, falling back to Retinex",
+            self.fallbacks)
 
     def prepare(self, rank: int | None = None):
         """The intrinsic model for this process's device (None: a weight-free method), loaded on first call."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
+from ..models.loading import ModelUnavailable, load_or_fall_back, resolve_dtype
 from ..ops.face_mesh import blend_face_normals, render_face_normals
 from ..ops.normals import encode_normals, normals_from_depth, normals_from_mask
 from ..relighting import quantize_to_8bit
@@ -75,13 +75,9 @@ class NormalsStage(Stage):
             method = self.config.normals.method
             self._face_meshes = None
             if method in ("auto", "face_mesh", "marigold"):
-                try:
-                    self._face_meshes = FaceMeshes()
-                except ModelUnavailable as error:
-                    if method == "face_mesh":
-                        raise
-                    warn_once(f"normals: face mesh unavailable, faces get body normals: {error}")
-                    self.fallbacks.append({"method": "face_mesh", "model": error.model_id, "reason": error.reason})
+                self._face_meshes = load_or_fall_back(FaceMeshes, method == "face_mesh", "face_mesh",
+                                                      "normals: face mesh unavailable, faces get body normals",
+                                                      self.fallbacks)
         return self._face_meshes
 
     def _load_estimator(self, device: torch.device):
@@ -94,14 +90,8 @@ class NormalsStage(Stage):
             return MarigoldNormals(cfg.normals_model, device, dtype, cfg.normals_steps, cfg.normals_ensemble)
         if cfg.method not in ("auto", "depth"):
             return None
-        try:
-            return DepthEstimator(cfg.depth_model, device, dtype)
-        except ModelUnavailable as error:
-            if cfg.method == "depth":
-                raise
-            warn_once(f"normals: depth unavailable, falling back to mask normals: {error}")
-            self.fallbacks.append({"method": "depth", "model": error.model_id, "reason": error.reason})
-            return None
+        return load_or_fall_back(lambda: DepthEstimator(cfg.depth_model, device, dtype), cfg.method == "depth",
+                                 "depth", "normals: depth unavailable, falling back to mask normals", self.fallbacks)
 
     def prepare(self, rank: int | None = None):
         """The body normals' model for this process's device (depth or Marigold; None: silhouette normals), loaded

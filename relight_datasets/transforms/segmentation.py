@@ -3,11 +3,13 @@ weight-free classical segmenter)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import cv2
 import numpy as np
 import torch
 
-from ..models.loading import ModelUnavailable, resolve_dtype, warn_once
+from ..models.loading import ModelUnavailable, load_or_fall_back, resolve_dtype, warn_once
 from ..models.segmenters import SegmentedPerson
 from ..ops.classical_segmentation import detect_face_box, person_prior_box, segment_person_classical
 from ..ops.learned_segmentation import mirror_consensus, person_mask_from_probability
@@ -140,17 +142,14 @@ class SegmentationStage(Stage):
         if device not in self._segmenters:
             forced = self.config.segmentation.method
             for method in AUTO_ORDER if forced == "auto" else (forced,):
-                try:
-                    self._segmenters[device] = self._make(method, device)
+                segmenter = load_or_fall_back(partial(self._make, method, device), forced != "auto", method,
+                                              f"segmentation: {method} unavailable, falling back", self.fallbacks)
+                if segmenter is not None:
+                    self._segmenters[device] = segmenter
                     if method in ("sam3", "sam2") and device.type == "cpu":
                         warn_once(f"segmentation: {method} runs on the CPU here, which takes tens of seconds per "
                                   "image; use a GPU, or --segmenter classical for a fast CPU build")
                     break
-                except ModelUnavailable as error:
-                    if forced != "auto":
-                        raise
-                    warn_once(f"segmentation: {method} unavailable, falling back: {error}")
-                    self.fallbacks.append({"method": method, "model": error.model_id, "reason": error.reason})
         return self._segmenters[device]
 
     def describe(self) -> dict:
