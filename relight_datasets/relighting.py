@@ -18,6 +18,7 @@ light's only) and ``exposure`` keeps the person's mean luminance that of the pho
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -186,6 +187,13 @@ def _draw_pattern(generator: torch.Generator, cfg: PatternConfig) -> tuple[str, 
     return family, kernel, uniform(generator, *cfg.opacity)
 
 
+@functools.lru_cache(maxsize=16)
+def _environment_maps(folder: str) -> tuple:
+    """The maps of ``folder`` (:func:`~relight_datasets.ops.environments.environment_maps_in`), listed once per
+    process rather than once per row."""
+    return tuple(environments.environment_maps_in(folder))
+
+
 def _upper(elevation: float, azimuth: float) -> tuple[float, float]:
     """The same light mirrored above the horizon (y >= 0), for suns and windows."""
     return elevation, azimuth if math.sin(math.radians(azimuth)) >= 0 else (360.0 - azimuth) % 360.0
@@ -241,7 +249,7 @@ def _draw_setup(config: BuildConfig, generator: torch.Generator, setup: str, ele
                                        room_params["lamp_kelvin"])
         return ambient, [window], sh.project_radiance(radiance), room_params
     if setup == "environment_map":
-        files = environments.environment_maps_in(cfg.environment_maps)
+        files = _environment_maps(cfg.environment_maps)
         path = choice(generator, files)
         yaw = uniform(generator, 0.0, 360.0)
         radiance = environments.load_environment_map(str(path))
@@ -412,7 +420,7 @@ def relit_foreground(albedo: torch.Tensor, normals: torch.Tensor, mask: torch.Te
                               (1, 1, 1))
     for members, strength, direction in slots:
         shade = (normals * direction).sum(dim=1, keepdim=True).clamp_min_(0)
-        through = torch.ones_like(work.height) if cfg.cast_shadows else None
+        through = None
         if cfg.cast_shadows:
             radii = _per_row([m.radius_deg if m else 0.0 for m in members], work.height)
             through = cast_shadows(work.height, direction.view(-1, 3).to(work.height.dtype), radii)
